@@ -1,0 +1,70 @@
+"""Domain errors of the service and the HTTP status each one maps to.
+
+These exceptions carry no web-framework types, so the pure preprocessing that
+training shares can raise them too; `service.handlers` turns them into JSON
+responses with a `detail` a person can read.
+"""
+
+from __future__ import annotations
+
+
+class CPCError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status_code: int = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidInput(CPCError):
+    """Undecodable, corrupt or empty input (400)."""
+
+    status_code = 400
+
+
+class Unauthorized(CPCError):
+    """Missing or wrong API key (401)."""
+
+    status_code = 401
+
+
+class NotFound(CPCError):
+    """Unknown model, collection or item (404)."""
+
+    status_code = 404
+
+
+class Conflict(CPCError):
+    """State that conflicts with the request, such as an existing collection (409)."""
+
+    status_code = 409
+
+
+class TooLarge(CPCError):
+    """A body, audio length, image size or batch over its limit (413)."""
+
+    status_code = 413
+
+
+class UnsupportedMedia(CPCError):
+    """A media type that no loaded model takes (415)."""
+
+    status_code = 415
+
+
+class Overloaded(CPCError):
+    """The inference queue is full (429)."""
+
+    status_code = 429
+
+
+class NotReady(CPCError):
+    """The service is still loading or is draining (503)."""
+
+    status_code = 503
+
+
+class BundleError(Exception):
+    """A model bundle on disk is missing a file or does not match the schema."""

@@ -1,0 +1,77 @@
+"""Training subcommands of `cpc-embed`: train and export.
+
+Importing this module needs no torch (it only declares arguments); the
+commands import torch when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from training.config import MODALITIES, PRESETS, load_config
+from training.data import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def add_training_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a CPC model on a folder of unlabelled files")
+    p.add_argument("--modality", choices=MODALITIES, required=True)
+    p.add_argument("--data", required=True, type=Path, help="folder of audio, image or .txt files")
+    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, curves)")
+    p.add_argument("--config", type=Path, help="JSON or TOML file overriding config fields")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="starting sizes: default (2 CPU cores) or paper",
+    )
+    p.add_argument("--steps", type=int, help="total optimisation steps (extends a resumed run)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+
+    e = sub.add_parser("export", help="export a run to an ONNX model bundle")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. models/audio")
+    e.add_argument("--name", help="bundle name (default: the folder's name)")
+    e.add_argument("--quantize", action="store_true", help="add a uint8-weight quantized model")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.train import train
+
+    cfg = None if args.resume else load_config(args.modality, args.config, args.preset)
+    if args.resume and args.config:
+        logger.warning("--config is ignored with --resume: the checkpoint carries its config")
+    trainer = train(
+        cfg,
+        args.data,
+        args.out,
+        resume=args.resume,
+        steps=args.steps,
+        progress=not args.no_progress,
+    )
+    logger.info("done: %d steps; checkpoint and curves in %s", trainer.step_count, args.out)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    result = export_run(args.run_dir, args.out, name=args.name, quantize_weights=args.quantize)
+    logger.info("bundle %s written to %s", result.spec.name, args.out)
+    return 0
+
+
+def run_training_command(args: argparse.Namespace) -> int:
+    from training.export import ExportError
+
+    handlers = {"train": _train, "export": _export}
+    try:
+        return handlers[args.command](args)
+    except (DataError, ExportError, ValueError, FileNotFoundError) as exc:
+        sys.stderr.write(f"cpc-embed {args.command}: error: {exc}\n")
+        return 1
