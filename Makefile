@@ -27,8 +27,8 @@ serve: $(VENV)/.serve-installed
 	$(BIN)/cpc-embed serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check service training tests bench
-	$(BIN)/ruff format --check service training tests bench || true
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	@if [ -f Dockerfile ]; then $(BIN)/hadolint Dockerfile; fi
 
 typecheck: $(VENV)/.dev-installed
