@@ -106,7 +106,7 @@ class Trainer:
         rng = np.random.default_rng(self.cfg.seed + 1)
         torch_state = torch.get_rng_state()
         losses = [
-            float(self.forward(self.batch(self.data.val, rng)).loss) for _ in range(VAL_BATCHES)
+            self.forward(self.batch(self.data.val, rng)).loss.item() for _ in range(VAL_BATCHES)
         ]
         torch.set_rng_state(torch_state)  # validation must not shift training's negatives
         return float(np.mean(losses))
@@ -218,7 +218,7 @@ def _loop(
         if step % cfg.log_every == 0 or step == end:
             row: dict[str, Any] = {
                 "step": step,
-                "loss": round(float(out.loss), 5),
+                "loss": round(out.loss.item(), 5),
                 "mi_bound": round(out.mi_bound, 5),
                 "lr": trainer.scheduler.get_last_lr()[0],
                 "examples_per_s": round(examples / max(compute_s, 1e-9), 2),

@@ -23,7 +23,7 @@ def test_a_few_steps_lower_the_loss(
 ) -> None:
     cfg = tiny_config(modality)
     trainer = build_trainer(cfg, load_datasets(cfg, corpora[modality], tmp_path))
-    losses = [float(trainer.step().loss) for _ in range(40)]
+    losses = [trainer.step().loss.item() for _ in range(40)]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05, losses
 
 
