@@ -172,5 +172,6 @@ def write_bundle_spec(folder: str | Path, spec: BundleSpec) -> Path:
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a service running as another user reads it
     os.replace(tmp, target)
     return target

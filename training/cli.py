@@ -18,6 +18,11 @@ logger = logging.getLogger(__name__)
 
 
 def add_training_commands(sub: argparse._SubParsersAction) -> None:
+    from training.corpora.cli import add_data_command
+    from training.eval_cli import add_eval_command
+
+    add_data_command(sub)
+    add_eval_command(sub)
     p = sub.add_parser("train", help="train a CPC model on a folder of unlabelled files")
     p.add_argument("--modality", choices=MODALITIES, required=True)
     p.add_argument("--data", required=True, type=Path, help="folder of audio, image or .txt files")
@@ -30,6 +35,7 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         help="starting sizes: default (2 CPU cores) or paper",
     )
     p.add_argument("--steps", type=int, help="total optimisation steps (extends a resumed run)")
+    p.add_argument("--split", help="train only on this split of the folder's manifest.csv")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
 
@@ -44,6 +50,8 @@ def _train(args: argparse.Namespace) -> int:
     from training.train import train
 
     cfg = None if args.resume else load_config(args.modality, args.config, args.preset)
+    if cfg is not None and args.split:
+        cfg.data.split = args.split
     if args.resume and args.config:
         logger.warning("--config is ignored with --resume: the checkpoint carries its config")
     trainer = train(
@@ -67,9 +75,16 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def run_training_command(args: argparse.Namespace) -> int:
+    from training.corpora.cli import run_data_command
+    from training.eval_cli import run_eval_command
     from training.export import ExportError
 
-    handlers = {"train": _train, "export": _export}
+    handlers = {
+        "train": _train,
+        "export": _export,
+        "data": run_data_command,
+        "eval": run_eval_command,
+    }
     try:
         return handlers[args.command](args)
     except (DataError, ExportError, ValueError, FileNotFoundError) as exc:

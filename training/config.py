@@ -75,6 +75,7 @@ class DataConfig:
     window: int = 20480  # audio: samples per crop; text: sentences per window; image: unused
     min_files: int = 1  # fewer readable files than this is an error
     val_fraction: float = 0.05  # files held out to report validation loss
+    split: str | None = None  # with a manifest.csv: train only on this split (e.g. "train")
 
 
 @dataclass

@@ -40,12 +40,32 @@ class Dataset(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def list_files(data_dir: str | Path, extensions: Sequence[str]) -> list[Path]:
-    """Every file below `data_dir` with one of `extensions`, in a stable order."""
+def list_files(
+    data_dir: str | Path, extensions: Sequence[str], split: str | None = None
+) -> list[Path]:
+    """Every file below `data_dir` with one of `extensions`, in a stable order.
+
+    With `split`, only the files that the folder's manifest.csv puts in that split
+    (a labelled corpus from `cpc-embed data`: train on its train split only).
+    """
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    chosen: set[Path] | None = None
+    if split is not None:
+        from training.corpora import CorpusError
+        from training.corpora.manifest import read_manifest
+
+        try:
+            rows = read_manifest(root)
+        except CorpusError as exc:
+            raise DataError(f"--split {split} needs a manifest: {exc}") from exc
+        chosen = {root / r.path for r in rows if r.split == split}
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in extensions and (chosen is None or p in chosen)
+    )
     if not files:
         raise DataError(
             f"data folder {root} holds no {'/'.join(e.lstrip('.') for e in extensions)} files"
@@ -244,7 +264,7 @@ class Datasets:
 
 def load_datasets(cfg: TrainConfig, data_dir: str | Path, run_dir: Path) -> Datasets:
     """Read `data_dir` for `cfg.modality`; text also trains (or reuses) RUN_DIR/tokenizer.json."""
-    files = list_files(data_dir, extensions_for(cfg))
+    files = list_files(data_dir, extensions_for(cfg), cfg.data.split)
     train_files, val_files = split_files(files, cfg.data.val_fraction, cfg.seed)
     desc: dict[str, Any] = {
         "folder": str(Path(data_dir).resolve()),
