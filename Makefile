@@ -39,5 +39,10 @@ pytest: $(VENV)/.dev-installed
 
 test: lint typecheck pytest
 
+# Builds the image on a local Debian base, runs it and embeds one input per
+# modality (needs root or a Docker daemon; by hand, not in CI).
+docker-check: $(VENV)/.dev-installed
+	PYTHON=$(BIN)/python bash scripts/docker-check.sh
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,207 @@
+"""Dynamic batching of concurrent requests for one model.
+
+Callers `submit` prepared inputs and await their results. The queue is bounded
+in inputs (`max_queue`): a request whose inputs do not all fit is refused at
+once with 429, never partly queued. One worker task per model takes up to
+`max_batch` inputs, waiting at most `wait_ms` after the first one for more to
+arrive, sorts them by shape (so padding is small), runs the blocking
+onnxruntime call in a worker thread and resolves each caller's future.
+Inputs whose caller has gone away (cancelled) are skipped. A batch of long
+inputs (minutes of audio) is split so that one call never pads more than
+`MAX_BATCH_ELEMENTS` input values, which bounds the memory of a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.encoder import OnnxEncoder, Prepared
+from service.errors import NotReady, Overloaded
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+Result = tuple[np.ndarray, np.ndarray]
+MAX_BATCH_ELEMENTS = 32 * 16000 * 30  # padded input values per call: 32 clips of 30 s at 16 kHz
+
+
+@dataclass
+class _Entry:
+    prepared: Prepared
+    future: asyncio.Future[Result]
+
+
+class DynamicBatcher:
+    """A bounded input queue and the worker that feeds one `OnnxEncoder` in batches."""
+
+    def __init__(
+        self,
+        encoder: OnnxEncoder,
+        metrics: Metrics,
+        *,
+        max_queue: int = 1024,
+        max_batch: int = 32,
+        wait_ms: float = 2.0,
+    ) -> None:
+        if max_queue < 1 or max_batch < 1 or wait_ms < 0:
+            raise ValueError("max_queue and max_batch must be >= 1 and wait_ms >= 0")
+        self.encoder = encoder
+        self.metrics = metrics
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.wait_s = wait_ms / 1000.0
+        self._queue: deque[_Entry] = deque()
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self._batch_size = metrics.inference_batch_size.labels(model=encoder.name)
+
+    @property
+    def depth(self) -> int:
+        """Inputs waiting for inference."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    def start(self) -> None:
+        """Start the worker task on the running event loop."""
+        if self._worker is None:
+            self._closed = False
+            self._worker = asyncio.get_running_loop().create_task(
+                self._work(), name=f"batcher-{self.encoder.name}"
+            )
+
+    async def stop(self) -> None:
+        """Stop the worker; every input still waiting fails with 503."""
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        self._fail_waiting(NotReady("the service is shutting down"))
+
+    async def submit(self, prepared: list[Prepared]) -> list[Result]:
+        """Queue inputs and wait for their (z, c) results, in the order given."""
+        if not prepared:
+            return []
+        if self._closed or self._worker is None:
+            raise NotReady(f"model {self.encoder.name} is not running")
+        room = self.max_queue - len(self._queue)
+        if len(prepared) > room:
+            raise Overloaded(
+                f"queue full: model {self.encoder.name} has {len(self._queue)} inputs waiting "
+                f"and room for {max(room, 0)} more (CPC_MAX_QUEUE={self.max_queue}); "
+                f"this request has {len(prepared)}; retry later"
+            )
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Result]] = []
+        for item in prepared:
+            future: asyncio.Future[Result] = loop.create_future()
+            self._queue.append(_Entry(item, future))
+            futures.append(future)
+        self.metrics.queue_depth.inc(len(prepared))
+        self._arrived.set()
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        results: list[Result] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results.append(outcome)
+        return results
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch:
+                await self._run_all(batch)
+
+    async def _next_batch(self) -> list[_Entry]:
+        """Wait for a first input, then up to `wait_s` for the batch to fill."""
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        while len(self._queue) < self.max_batch:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+        batch: list[_Entry] = []
+        taken = 0
+        while self._queue and len(batch) < self.max_batch:
+            entry = self._queue.popleft()
+            taken += 1
+            if not entry.future.done():  # a cancelled caller's input is dropped
+                batch.append(entry)
+        self.metrics.queue_depth.dec(taken)
+        return batch
+
+    async def _run_all(self, batch: list[_Entry]) -> None:
+        batch.sort(key=lambda e: e.prepared.sort_key)
+        for group in split_by_budget(batch, MAX_BATCH_ELEMENTS):
+            await self._run(group)
+
+    async def _run(self, batch: list[_Entry]) -> None:
+        self._batch_size.observe(len(batch))
+        run: Callable[[list[Prepared]], list[Result]] = self.encoder.run
+        try:
+            results = await asyncio.to_thread(run, [e.prepared for e in batch])
+        except asyncio.CancelledError:
+            self._settle(batch, NotReady("the service is shutting down"))
+            raise
+        except Exception as exc:
+            logger.exception(
+                "inference failed for a batch of %d on %s", len(batch), self.encoder.name
+            )
+            self._settle(batch, exc)
+            return
+        for entry, result in zip(batch, results, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(result)
+
+    @staticmethod
+    def _settle(batch: list[_Entry], exc: BaseException) -> None:
+        for entry in batch:
+            if not entry.future.done():
+                entry.future.set_exception(exc)
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        taken = len(self._queue)
+        while self._queue:
+            entry = self._queue.popleft()
+            if not entry.future.done():
+                entry.future.set_exception(exc)
+        if taken:
+            self.metrics.queue_depth.dec(taken)
+
+
+def split_by_budget(entries: list[_Entry], budget: int) -> list[list[_Entry]]:
+    """Consecutive groups of length-sorted entries whose padded size fits `budget`.
+
+    A group holds at least one entry, however large.
+    """
+    groups: list[list[_Entry]] = []
+    current: list[_Entry] = []
+    largest = 0
+    for entry in entries:
+        size = int(entry.prepared.array.size)
+        if current and (len(current) + 1) * max(largest, size) > budget:
+            groups.append(current)
+            current, largest = [], 0
+        current.append(entry)
+        largest = max(largest, size)
+    if current:
+        groups.append(current)
+    return groups

@@ -1,0 +1,66 @@
+"""Settings of the service, read from the environment (prefix `CPC_`).
+
+Every setting of the public contract (API.md) is here with its documented
+default, plus the knobs of batching and onnxruntime. `create_app` takes a
+`Settings` object, so tests build one directly instead of touching the
+environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    """Limits, locations and tuning of one service process."""
+
+    model_config = SettingsConfigDict(env_prefix="CPC_", extra="ignore")
+
+    models_dir: Path = Field(
+        default=DEFAULT_MODELS_DIR,
+        description="folder of model bundles, one sub-folder (with bundle.json) each",
+    )
+    data_dir: Path = Field(default=Path("./data"), description="where collections are stored")
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="when set, every route but /health and /ready needs `Authorization: Bearer`",
+    )
+    max_request_bytes: int = Field(
+        default=26_214_400, gt=0, description="larger bodies get 413 before they are read whole"
+    )
+    max_batch: int = Field(default=64, gt=0, description="most inputs (or items) in one request")
+    max_audio_seconds: float = Field(default=600.0, gt=0, description="longest decoded audio input")
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        gt=0,
+        description="largest image (width x height), checked before decoding",
+    )
+    max_text_chars: int = Field(default=100_000, gt=0, description="longest text input")
+    max_k: int = Field(default=1000, gt=0, description="largest `k` in a search")
+    max_queue: int = Field(
+        default=1024, gt=0, description="inputs waiting for inference (per model) before 429"
+    )
+    batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="how long a batch waits for more inputs after its first one arrives",
+    )
+    max_inference_batch: int = Field(
+        default=32, gt=0, description="most inputs in one onnxruntime call"
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="onnxruntime intra-op threads per model (0: its default)"
+    )
+    use_quantized: bool = Field(
+        default=False, description="serve model.quant.onnx when a bundle ships one"
+    )
+    warmup: bool = Field(default=True, description="run each model once before reporting ready")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed by CORS (JSON list); empty: no CORS"
+    )

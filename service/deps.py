@@ -1,0 +1,41 @@
+"""FastAPI dependencies as `Annotated` aliases: what a route needs, read from app.state.
+
+`create_app` stores the settings, metrics and readiness on `app.state` and the
+lifespan adds the model registry; routes declare `settings: SettingsDep`,
+`registry: RegistryDep`, ... and tests can swap any of them with
+`app.dependency_overrides`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.config import Settings
+from service.errors import NotReady
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    """The loaded models; 503 before the lifespan has loaded them."""
+    registry: ModelRegistry | None = getattr(request.app.state, "registry", None)
+    if registry is None:
+        raise NotReady("the models are still loading")
+    return registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]

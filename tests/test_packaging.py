@@ -1,0 +1,347 @@
+"""Packaging: the container recipe, and the serving install it makes.
+
+The fast tests read the Dockerfile (multi-stage, non-root, health-checked, only
+the `serve` extra in the runtime image), .dockerignore and docker-compose.yml.
+The install test repeats the image's install steps in a fresh virtual
+environment: no torch there, and the service starts from it and embeds.
+`scripts/docker-check.sh` builds and runs the real image (by hand: it needs Docker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+MODALITIES = ("audio", "image", "text")
+READY_TIMEOUT_S = 120.0
+
+
+# --------------------------------------------------------------- helpers
+
+
+def export_tiny_bundles(dest: Path) -> list[str]:
+    """Export one tiny, untrained bundle per modality into `dest/<modality>`.
+
+    Used here and by scripts/docker-check.sh when models/ holds no bundles.
+    Needs torch (the dev install); imported here so the Dockerfile tests don't.
+    """
+    import torch
+
+    from tests.training.tiny import tiny_config
+    from training.export import export_model
+    from training.models.cpc import build_model
+    from training.tokenizer import train_tokenizer
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        for modality in MODALITIES:
+            cfg = tiny_config(modality)
+            torch.manual_seed(0)
+            tokenizer = None
+            if modality == "text":
+                texts = ["hello world.", "a few words.", "and a few more words."]
+                tokenizer = train_tokenizer(texts, 300, Path(scratch) / "tokenizer.json")
+            model = build_model(cfg).eval()
+            export_model(model, cfg, dest / modality, name=modality, tokenizer_path=tokenizer)
+    return list(MODALITIES)
+
+
+@dataclass
+class Stage:
+    """One build stage of a Dockerfile: its base, its name and its instructions."""
+
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, instruction: str) -> list[str]:
+        return [a for i, a in self.instructions if i == instruction]
+
+
+def parse_dockerfile(text: str) -> list[Stage]:
+    """Split a Dockerfile into stages of (INSTRUCTION, arguments) pairs.
+
+    Handles what this repository's Dockerfile uses: comments (also inside a
+    continued instruction, as Docker does) and backslash continuations.
+    """
+    logical: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        if current.strip():
+            logical.append(current.strip())
+        current = ""
+    stages: list[Stage] = []
+    for line in logical:
+        instruction, _, args = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            m = re.fullmatch(r"(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", args.strip(), re.IGNORECASE)
+            assert m, f"unparsed FROM: {args}"
+            stages.append(Stage(base=m.group(1), name=m.group(2)))
+        elif stages:
+            stages[-1].instructions.append((instruction, " ".join(args.split())))
+    return stages
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Loopback only, whatever proxy the environment names.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with _OPENER.open(req, timeout=30) as r:
+            return int(r.status), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return int(e.code), json.loads(e.read() or b"{}")
+
+
+# --------------------------------------------------------------- the recipe
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[Stage]:
+    return parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
+
+
+def _runtime(stages: list[Stage]) -> Stage:
+    """The stage a plain `docker build .` makes: the last one."""
+    return stages[-1]
+
+
+def _ancestry(stages: list[Stage], stage: Stage) -> list[Stage]:
+    """`stage` and every stage it copies from or builds on, by name."""
+    by_name = {s.name: s for s in stages if s.name}
+    seen: list[Stage] = []
+    todo = [stage]
+    while todo:
+        s = todo.pop()
+        if any(s is t for t in seen):
+            continue
+        seen.append(s)
+        refs = [s.base] + [
+            m.group(1) for a in s.args("COPY") if (m := re.search(r"--from=(\S+)", a))
+        ]
+        todo.extend(by_name[r] for r in refs if r in by_name)
+    return seen
+
+
+def test_dockerfile_is_multi_stage(stages: list[Stage]) -> None:
+    assert len(stages) >= 2
+    assert any(s.name == "builder" for s in stages)
+    runtime = _runtime(stages)
+    assert runtime.base == "${BASE_IMAGE}" and runtime.name == "runtime"
+    assert any(a.startswith("--from=builder /opt/venv") for a in runtime.args("COPY"))
+    # Nothing is installed in the runtime stage itself: it only copies the venv.
+    assert not any("pip" in a for a in runtime.args("RUN"))
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
+
+
+def test_runtime_runs_as_non_root(stages: list[Stage]) -> None:
+    users = _runtime(stages).args("USER")
+    assert users, "the runtime stage sets no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+
+
+def test_runtime_has_a_healthcheck_and_the_serve_command(stages: list[Stage]) -> None:
+    runtime = _runtime(stages)
+    (health,) = runtime.args("HEALTHCHECK")
+    assert "/health" in health and "/opt/venv/bin/python" in health and "urllib" in health
+    assert runtime.args("EXPOSE") == ["8000"]
+    assert runtime.args("VOLUME") == ['["/data"]']
+    env = " ".join(runtime.args("ENV"))
+    assert "CPC_MODELS_DIR=/models" in env and "CPC_DATA_DIR=/data" in env
+    # The bundles come from models/, through a stage that makes them readable.
+    (models,) = [s for s in stages if s.name == "models"]
+    assert "models/ /models/" in models.args("COPY")
+    assert "--from=models /models /models" in runtime.args("COPY")
+    (cmd,) = runtime.args("CMD")
+    assert json.loads(cmd) == ["cpc-embed", "serve", "--host", "0.0.0.0", "--port", "8000"]
+
+
+def test_runtime_image_installs_only_the_serve_extra(stages: list[Stage]) -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    extras = pyproject["project"]["optional-dependencies"]
+    runs = [a for s in _ancestry(stages, _runtime(stages)) for a in s.args("RUN")]
+    installs = [a for a in runs if "pip install" in a]
+    assert installs
+    named = {e for a in runs for e in re.findall(r"\.\[([a-z,]+)\]", a)}
+    assert named == {"serve"}, f"extras installed for the runtime image: {named}"
+    # The requirements step reads the base dependencies and the `serve` extra only.
+    reqs = " ".join(a for a in runs if "tomllib" in a)
+    assert re.findall(r"\['optional-dependencies'\]\['(\w+)'\]", reqs) == ["serve"]
+    assert not any("torch" in a.split("pip install", 1)[1].split("&&")[0] for a in installs)
+    for extra in set(extras) - {"serve"}:
+        assert f"[{extra}" not in " ".join(runs) and f",{extra}" not in " ".join(runs)
+
+
+def test_train_stage_is_separate_and_pins_torch(stages: list[Stage]) -> None:
+    (train,) = [s for s in stages if s.name == "train"]
+    assert not any(train is s for s in _ancestry(stages, _runtime(stages)))
+    assert any(".[serve,train]" in a for a in train.args("RUN"))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert any(
+        re.fullmatch(r"torch==[\d.]+", r)
+        for r in pyproject["project"]["optional-dependencies"]["train"]
+    )
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    lines = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".venv", "data", "runs", ".git", "tests", "bench", ".pytest_cache"} <= lines
+    # What the image needs must not be ignored.
+    assert not lines & {"models", "service", "training", "pyproject.toml", "README.md"}
+
+
+def test_compose_file() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    api = compose["services"]["api"]
+    assert api["build"]["context"] == "." and api["build"]["target"] == "runtime"
+    assert api["ports"] == ["127.0.0.1:${PORT:-8000}:8000"]
+    assert "cpc-data:/data" in api["volumes"] and "./models:/models:ro" in api["volumes"]
+    assert "/health" in " ".join(api["healthcheck"]["test"])
+    assert api["restart"] == "unless-stopped"
+    assert "CPC_API_KEY" in api["environment"]
+    assert "cpc-data" in compose["volumes"]
+    train = compose["services"]["train"]
+    assert train["profiles"] == ["train"] and train["build"]["target"] == "train"
+
+
+# --------------------------------------------------------------- the install
+
+
+def _serve_requirements() -> list[str]:
+    """What the Dockerfile's requirements step writes: base deps + `serve`."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return list(project["dependencies"]) + list(project["optional-dependencies"]["serve"])
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The environment without anything that would put the repository on sys.path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(extra)
+    return env
+
+
+def test_serving_install_has_no_torch_and_serves(tmp_path: Path) -> None:
+    # The same steps as the Dockerfile's builder: a venv, the requirements from
+    # pyproject.toml, then the project (copied, as the image does) with --no-deps.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for pkg in ("service", "training"):
+        shutil.copytree(ROOT / pkg, src / pkg, ignore=ignore)
+    (tmp_path / "serve-requirements.txt").write_text("\n".join(_serve_requirements()) + "\n")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bin_ = venv / "bin"
+    env = _clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1")
+    pip = [str(bin_ / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run(
+        [*pip, "-r", str(tmp_path / "serve-requirements.txt")], check=True, env=env, cwd=tmp_path
+    )
+    subprocess.run([*pip, "--no-deps", f"{src}[serve]"], check=True, env=env, cwd=tmp_path)
+    subprocess.run([str(bin_ / "python"), "-m", "pip", "check"], check=True, env=env, cwd=tmp_path)
+
+    no_torch = subprocess.run(
+        [str(bin_ / "python"), "-c", "import torch"], capture_output=True, env=env, cwd=tmp_path
+    )
+    assert no_torch.returncode != 0, "torch is importable in the serving install"
+
+    # Training commands say, in one line, that they need the `train` extra.
+    train = subprocess.run(
+        [str(bin_ / "cpc-embed"), "train", "--modality", "audio", "--data", "x", "--out", "y"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert train.returncode == 2, train
+    assert len(train.stderr.strip().splitlines()) == 1 and "`train` extra" in train.stderr
+
+    models = export_tiny_bundles(tmp_path / "models")
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [str(bin_ / "cpc-embed"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=_clean_env(
+            CPC_MODELS_DIR=str(tmp_path / "models"), CPC_DATA_DIR=str(tmp_path / "data")
+        ),
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        status = 0
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (
+                "the server exited:\n" + (tmp_path / "serve.log").read_text()
+            )
+            try:
+                status, _ = http(base + "/ready")
+            except (OSError, ValueError):
+                status = 0
+            if status == 200:
+                break
+            time.sleep(0.5)
+        assert status == 200, "not ready in time:\n" + (tmp_path / "serve.log").read_text()
+
+        status, listed = http(base + "/models")
+        assert status == 200
+        assert sorted(m["modality"] for m in listed["models"]) == sorted(models)
+        status, out = http(base + "/embed", {"modality": "text", "inputs": ["hello world."]})
+        assert status == 200, out
+        assert out["modality"] == "text" and out["dim"] == 16
+        (vector,) = out["embeddings"]
+        assert len(vector) == 16
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
