@@ -39,6 +39,10 @@ pytest: $(VENV)/.dev-installed
 
 test: lint typecheck pytest
 
+# Rebuilds models/{audio,image,text}: corpora, training, export, evaluation (about an hour).
+models: $(VENV)/.dev-installed
+	BIN=$(BIN) bash scripts/build-models.sh
+
 # Builds the image on a local Debian base, runs it and embeds one input per
 # modality (needs root or a Docker daemon; by hand, not in CI).
 docker-check: $(VENV)/.dev-installed
