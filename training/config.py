@@ -76,6 +76,7 @@ class DataConfig:
     min_files: int = 1  # fewer readable files than this is an error
     val_fraction: float = 0.05  # files held out to report validation loss
     split: str | None = None  # with a manifest.csv: train only on this split (e.g. "train")
+    patch_jitter: float = 0.0  # images: per-patch colour jitter strength (CPC v2); 0 is off
 
 
 @dataclass
@@ -114,7 +115,7 @@ def default_config(modality: Modality) -> TrainConfig:
             model=ImageModelConfig(),
             loss=LossConfig(prediction_steps=3, min_step=2),
             optim=OptimConfig(batch_size=32, lr=5e-4),
-            data=DataConfig(window=0),
+            data=DataConfig(window=0, patch_jitter=0.4),
         )
     if modality == "text":
         return TrainConfig(

@@ -160,11 +160,18 @@ def load_audio_dataset(files: list[Path], model: AudioModelConfig, window: int) 
 
 @dataclass
 class ImageDataset:
-    """Images resized once; a sample is a flipped/shifted copy cut into the patch grid."""
+    """Images resized once; a sample is a flipped/shifted copy cut into the patch grid.
+
+    With `patch_jitter`, every patch also gets its own random per-channel gain and
+    offset, and sometimes loses its colour (CPC v2's patch augmentation): colour
+    then no longer tells which patches come from the same image, so the model
+    has to predict shape and texture instead of taking that shortcut.
+    """
 
     images: np.ndarray  # float32 [N, H, W, 3] in [0, 1]
     spec: ImagePreprocess
     shift: int = 4  # largest random translation in pixels (reflect-padded)
+    patch_jitter: float = 0.0  # strength of the per-patch colour jitter; 0 turns it off
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         idx = rng.integers(0, len(self.images), size=batch_size)
@@ -178,7 +185,19 @@ class ImageDataset:
         for img, flip, (dy, dx) in zip(padded, flips, shifts, strict=True):
             crop = img[self.shift + dy : self.shift + dy + s, self.shift + dx : self.shift + dx + s]
             out.append(array_to_patches(crop[:, ::-1] if flip else crop, self.spec))
-        return np.stack(out)  # [B, rows, cols, 3, P, P]
+        patches = np.stack(out)  # [B, rows, cols, 3, P, P]
+        if self.patch_jitter > 0:
+            patches = self._jitter(patches, rng)
+        return patches
+
+    def _jitter(self, patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        b, rows, cols = patches.shape[:3]
+        j = self.patch_jitter
+        gain = rng.uniform(1 - j, 1 + j, size=(b, rows, cols, 3, 1, 1)).astype(np.float32)
+        offset = rng.uniform(-j, j, size=(b, rows, cols, 3, 1, 1)).astype(np.float32)
+        grey = rng.random((b, rows, cols, 1, 1, 1)) < 0.25
+        patches = np.where(grey, patches.mean(axis=3, keepdims=True), patches)
+        return (patches * gain + offset).astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
         return {"files": len(self.images), "image_size": self.spec.image_size}
@@ -190,9 +209,12 @@ def image_spec(model: ImageModelConfig) -> ImagePreprocess:
     )
 
 
-def load_image_dataset(files: list[Path], model: ImageModelConfig) -> ImageDataset:
+def load_image_dataset(
+    files: list[Path], model: ImageModelConfig, patch_jitter: float = 0.0
+) -> ImageDataset:
     arrays = read_all(files, lambda p: image_to_array(load_image(p), model.image_size), "image")
-    return ImageDataset(np.stack([a for _, a in arrays]).astype(np.float32), image_spec(model))
+    images = np.stack([a for _, a in arrays]).astype(np.float32)
+    return ImageDataset(images, image_spec(model), patch_jitter=patch_jitter)
 
 
 @dataclass
@@ -268,7 +290,8 @@ def load_datasets(cfg: TrainConfig, data_dir: str | Path, run_dir: Path) -> Data
     train_files, val_files = split_files(files, cfg.data.val_fraction, cfg.seed)
     desc: dict[str, Any] = {
         "folder": str(Path(data_dir).resolve()),
-        "files": len(files),
+        "split": cfg.data.split,
+        "files_found": len(files),
         "train_files": len(train_files),
         "val_files": len(val_files),
     }
@@ -281,7 +304,7 @@ def load_datasets(cfg: TrainConfig, data_dir: str | Path, run_dir: Path) -> Data
         )
         return Datasets(train, val, {**desc, **train.describe()})
     if isinstance(model, ImageModelConfig):
-        train = load_image_dataset(train_files, model)
+        train = load_image_dataset(train_files, model, cfg.data.patch_jitter)
         val = _optional(lambda: load_image_dataset(val_files, model), val_files)
         return Datasets(train, val, {**desc, **train.describe()})
     assert isinstance(model, TextModelConfig)
