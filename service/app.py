@@ -4,9 +4,13 @@
 of `service.routes.ROUTERS`, and the middleware (outermost first): metrics,
 CORS (when origins are set), API key (when a key is set), body limit. The
 lifespan loads every bundle of CPC_MODELS_DIR, warms it up, creates
-CPC_DATA_DIR, starts the batchers and only then reports ready; a bad bundle
-stops the start with a message naming the file. On shutdown the app reports
-not ready (draining) and stops the batchers.
+CPC_DATA_DIR (and takes a shared lock on it, see `service.datalock`), opens
+every collection and makes sure each bundle has the collection named after
+it, starts the batchers and only then reports ready; a bad bundle stops the
+start with a message naming the file. While it runs, the index snapshots of
+changed collections are written every CPC_SNAPSHOT_INTERVAL_S. On shutdown the
+app reports not ready (draining), stops the batchers and closes the
+collections (which writes their snapshots).
 
 `cpc-embed serve` runs it with uvicorn as the factory "service.app:create_app".
 """
@@ -14,6 +18,7 @@ not ready (draining) and stops the batchers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,12 +28,16 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.auth import ApiKeyMiddleware
+from service.collection_ops import open_collections
+from service.collections import CollectionManager
 from service.config import Settings
+from service.datalock import DataDirLock
 from service.errors import BundleError
 from service.handlers import install_exception_handlers
+from service.index import set_faiss_threads
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
-from service.registry import load_registry
+from service.registry import ModelRegistry, load_registry
 from service.routes import ROUTERS
 
 logger = logging.getLogger(__name__)
@@ -48,26 +57,71 @@ def _prepare_data_dir(settings: Settings) -> None:
         ) from exc
 
 
+async def _snapshot_loop(manager: CollectionManager, interval_s: float) -> None:
+    """Write the snapshots of changed collections every `interval_s` seconds, for ever."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(manager.snapshot_all)
+
+
+async def _open_collections(app: FastAPI, registry: ModelRegistry) -> CollectionManager:
+    settings: Settings = app.state.settings
+    manager = CollectionManager(settings.data_dir, max_metadata_bytes=settings.max_metadata_bytes)
+    try:
+        await asyncio.to_thread(open_collections, manager, registry, app.state.metrics)
+    except BaseException:
+        await asyncio.to_thread(manager.close_all)
+        raise
+    return manager
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load and warm every bundle, then serve; on shutdown, drain and stop the batchers."""
+    """Load and warm every bundle, open the collections, then serve; on shutdown, drain,
+    stop the batchers and close the collections."""
     state = app.state
     settings: Settings = state.settings
+    set_faiss_threads(1)  # FAISS's default OpenMP threads are many times slower here
     try:
         registry = await asyncio.to_thread(load_registry, settings, state.metrics)
         _prepare_data_dir(settings)
-    except (BundleError, RuntimeError) as exc:
+        data_lock = DataDirLock(settings.data_dir, exclusive=False).acquire()
+    except (BundleError, RuntimeError) as exc:  # DataDirBusy is a RuntimeError
         logger.error("cannot start: %s", exc)
         raise
+    try:
+        manager = await _open_collections(app, registry)
+    except Exception as exc:
+        data_lock.release()
+        logger.error("cannot start: opening the collections failed: %s", exc)
+        raise
+    state.collections = manager
+    state.pending.discard("collections")
     registry.start()
     state.registry = registry
     state.pending.discard("models")
-    logger.info("ready with %d model(s): %s", len(registry), ", ".join(registry.names) or "none")
+    snapshots = None
+    if settings.snapshot_interval_s > 0:
+        snapshots = asyncio.create_task(_snapshot_loop(manager, settings.snapshot_interval_s))
+    logger.info(
+        "ready with %d model(s): %s; %d collection(s)",
+        len(registry),
+        ", ".join(registry.names) or "none",
+        len(manager.list()),
+    )
     try:
         yield
     finally:
         state.draining = True
-        await registry.stop()
+        try:
+            if snapshots is not None:
+                snapshots.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await snapshots
+            await registry.stop()
+            await asyncio.to_thread(manager.close_all)  # writes the changed snapshots
+        finally:
+            data_lock.release()
         logger.info("stopped")
 
 
@@ -99,7 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = None
-    app.state.pending = {"models"}  # start-up steps not done yet; /ready is 503 until empty
+    app.state.collections = None
+    # start-up steps not done yet; /ready is 503 until empty
+    app.state.pending = {"models", "collections"}
     app.state.draining = False
     install_exception_handlers(app)
     for router in ROUTERS:

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 TRAINING_COMMANDS = ("data", "train", "export", "eval")
 INSTALL_HINT = (
@@ -25,8 +26,39 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP API")
     p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--log-level", default="info")
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index",
+        help="bulk-embed a folder into a collection (no server; stop any server on the data dir)",
+        description="Embed every file of DIR into COLLECTION (ids: paths relative to DIR). "
+        "Resumable: files already stored are skipped. A running server does not see what this "
+        "writes, so the command refuses to run while one uses the data folder.",
+    )
+    p.add_argument("collection", metavar="COLLECTION", help="created when it does not exist")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of files")
+    p.add_argument(
+        "--metadata",
+        type=Path,
+        metavar="CSV",
+        help="a `path` (or `id`) column plus metadata columns (default: DIR/manifest.csv if any)",
+    )
+    p.add_argument(
+        "--model",
+        help="bundle name (default: the collection's model, or the "
+        "default bundle of the files' modality)",
+    )
+    p.add_argument("--data-dir", type=Path, help="where collections live (default: CPC_DATA_DIR)")
+    p.add_argument("--models-dir", type=Path, help="bundles folder (default: CPC_MODELS_DIR)")
+    p.add_argument("--batch", type=int, default=32, help="files per batch and transaction")
+    p.add_argument("--index", choices=("flat", "ivf"), default="flat", help="for a new collection")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write even if a server uses the data dir (then restart the server)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
+    _add_index(sub)
     from training.cli import add_training_commands  # argument parsing only: no torch
 
     add_training_commands(sub)
@@ -57,7 +90,6 @@ def _serve(args: argparse.Namespace) -> int:
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
         log_level=args.log_level,
     )
     return 0
@@ -74,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "index":
+        from service.indexer import main as index_main
+
+        return index_main(args)
     from training.cli import run_training_command
 
     return run_training_command(args)

@@ -43,6 +43,20 @@ class Settings(BaseSettings):
     )
     max_text_chars: int = Field(default=100_000, gt=0, description="longest text input")
     max_k: int = Field(default=1000, gt=0, description="largest `k` in a search")
+    max_metadata_bytes: int = Field(
+        default=65536, gt=0, description="largest metadata object of one item, as JSON bytes"
+    )
+    max_vector_dim: int = Field(
+        default=8192,
+        gt=0,
+        description="longest vector a request may send (413 above it; 409 for any other length "
+        "than the collection's dim)",
+    )
+    snapshot_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds between index snapshots of changed collections (0: only on shutdown)",
+    )
     max_queue: int = Field(
         default=1024, gt=0, description="inputs waiting for inference (per model) before 429"
     )

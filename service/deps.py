@@ -1,9 +1,9 @@
 """FastAPI dependencies as `Annotated` aliases: what a route needs, read from app.state.
 
 `create_app` stores the settings, metrics and readiness on `app.state` and the
-lifespan adds the model registry; routes declare `settings: SettingsDep`,
-`registry: RegistryDep`, ... and tests can swap any of them with
-`app.dependency_overrides`.
+lifespan adds the model registry and the collections; routes declare
+`settings: SettingsDep`, `registry: RegistryDep`, `collections: CollectionsDep`,
+... and tests can swap any of them with `app.dependency_overrides`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.collections import CollectionManager
 from service.config import Settings
 from service.errors import NotReady
 from service.metrics import Metrics
@@ -36,6 +37,15 @@ def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
+def get_collections(request: Request) -> CollectionManager:
+    """The open collections; 503 before the lifespan has opened them."""
+    manager: CollectionManager | None = getattr(request.app.state, "collections", None)
+    if manager is None:
+        raise NotReady("the collections are still opening")
+    return manager
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+CollectionsDep = Annotated[CollectionManager, Depends(get_collections)]

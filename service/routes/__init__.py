@@ -1,14 +1,14 @@
 """The routers of the API, one per resource.
 
-`ROUTERS` is what `create_app` includes, in order; a new resource (such as
-collections or search) is one more entry here.
+`ROUTERS` is what `create_app` includes, in order; a new resource is one more
+entry here.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import embed, health, metrics, models, openai
+from service.routes import collections, embed, health, metrics, models, openai, search
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -16,6 +16,8 @@ ROUTERS: list[APIRouter] = [
     models.router,
     embed.router,
     openai.router,
+    collections.router,
+    search.router,
 ]
 
 __all__ = ["ROUTERS"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -162,3 +163,24 @@ TEXTS = [
     "Red and blue houses line the river. The city is quiet. Fish swim in the lake!",
     "One short sentence.",
 ]
+
+
+# -- collections ------------------------------------------------------------------
+
+
+def send_json(client: TestClient, method: str, url: str, body: Any) -> Any:
+    """`body` as JSON that may hold NaN and Infinity (httpx's `json=` refuses them)."""
+    content = json.dumps(body, allow_nan=True)
+    headers = {"content-type": "application/json"}
+    return client.request(method, url, content=content, headers=headers)
+
+
+def unit(vector: Any) -> np.ndarray:
+    """`vector` L2-normalised, as float32 (what a collection stores)."""
+    v = np.asarray(vector, dtype=np.float64)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def random_vectors(n: int, dim: int = 16, seed: int = 0) -> list[list[float]]:
+    rng = np.random.default_rng(seed)
+    return [[float(x) for x in row] for row in rng.standard_normal((n, dim))]

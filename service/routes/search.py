@@ -1,0 +1,108 @@
+"""POST /search: the items of a collection nearest to an input or a vector.
+
+JSON: `SearchRequest` (exactly one of `input` and `vector`). Multipart: one
+`file` or `text` part, with `collection`, `k` and optionally `filter` (a JSON
+object as a string) as form fields. The input is embedded with the
+collection's model through `embed_inputs`; the search itself runs in a worker
+thread. Results are best first, at most `k`, scored by cosine similarity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service.collection_ops import check_filter, get_collection, query_vector
+from service.collection_schemas import SearchOptions, SearchRequest, SearchResponse, schema_error
+from service.config import Settings
+from service.deps import CollectionsDep, RegistryDep, SettingsDep
+from service.errors import UnsupportedMedia
+from service.inputs import ApiInput, form_inputs
+from service.routes.collections import part_limit
+from service.routes.embed import FORM_TYPES, JSON_TYPE, media_type
+from service.schemas import OrjsonResponse, parse_model
+
+router = APIRouter(tags=["search"])
+
+SEARCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON_TYPE: {"schema": SearchRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["collection"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "text": {"type": "string"},
+                        "collection": {"type": "string"},
+                        "k": {"type": "integer", "default": 10},
+                        "filter": {"type": "string", "description": "a JSON object"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+async def read_query(
+    request: Request, settings: Settings
+) -> tuple[SearchOptions, ApiInput | None, Sequence[float] | None]:
+    """Options, input and vector of a search, from JSON or a multipart form."""
+    kind = media_type(request)
+    if kind in FORM_TYPES:
+        async with request.form(max_part_size=part_limit(settings)) as form:
+            inputs, fields = await form_inputs(form)
+        values: dict[str, Any] = {key: found[-1] for key, found in fields.items()}
+        if "filter" in values:
+            try:
+                values["filter"] = json.loads(values["filter"])
+            except ValueError as exc:
+                raise schema_error(("filter",), f"not valid JSON ({exc})") from None
+        if len(inputs) != 1:
+            raise schema_error(
+                ("file",), f"give exactly one `file` or `text` part to search by, not {len(inputs)}"
+            )
+        return parse_model(SearchOptions, values), inputs[0], None
+    if kind in ("", JSON_TYPE) or kind.endswith("+json"):
+        body = parse_model(SearchRequest, await request.body())
+        return body, body.input, body.vector
+    raise UnsupportedMedia(
+        f"POST /search takes {JSON_TYPE} or multipart/form-data (a `file` or `text` part), "
+        f"not {kind}"
+    )
+
+
+@router.post(
+    "/search",
+    summary="Nearest items of a collection, best first",
+    response_model=SearchResponse,
+    response_class=OrjsonResponse,
+    openapi_extra=SEARCH_BODY,
+    responses={
+        400: {"description": "undecodable input, or an invalid collection name or filter"},
+        404: {"description": "no such collection"},
+        409: {"description": "a vector of the wrong dimension"},
+        422: {"description": "not the schema, or k outside 1..CPC_MAX_K"},
+    },
+)
+async def search(
+    request: Request, collections: CollectionsDep, registry: RegistryDep, settings: SettingsDep
+) -> OrjsonResponse:
+    options, value, vector = await read_query(request, settings)
+    if not 1 <= options.k <= settings.max_k:
+        raise schema_error(
+            ("k",), f"k must be from 1 to {settings.max_k} (CPC_MAX_K), not {options.k}"
+        )
+    where = check_filter(options.filter)
+    coll = get_collection(collections, options.collection)
+    query = await query_vector(coll, registry, settings, input=value, vector=vector)
+    hits = await asyncio.to_thread(coll.search, query, options.k, where)
+    results = [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
+    return OrjsonResponse({"collection": coll.name, "results": results})
