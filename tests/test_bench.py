@@ -1,0 +1,169 @@
+"""Smoke tests of the serving benchmarks: each main path runs end to end on tiny bundles.
+
+Tiny runs are trained for two steps and exported with a quantized copy, so
+`bench.embed` exercises the in-process ceiling, the service under load, and
+torch / fp32 / uint8; `bench.memory` starts the service and samples its RSS.
+Nothing here asserts a timing: only that the scripts run, fail no request
+and write their files. The load generator is also checked against an
+in-memory transport (bounded by count, errors counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from bench import embed, memory
+from bench.serving import ServiceProcess, batch_histogram, closed_loop, latency_ms, scrape
+from bench.workloads import random_input, request_body, typical_inputs
+from tests.training.tiny import tiny_config
+from training.export import export_run
+from training.train import train
+
+MODALITIES = ("audio", "image", "text")
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(corpora: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """root/runs/<modality>/checkpoint.pt and root/models/<modality> (with model.quant.onnx)."""
+    root = tmp_path_factory.mktemp("bench")
+    for modality in MODALITIES:
+        run = root / "runs" / modality
+        train(tiny_config(modality, steps=2), corpora[modality], run, progress=False)
+        export_run(run, root / "models" / modality, quantize_weights=True)
+    return root
+
+
+def test_embed_benchmark_runs(tiny_setup: Path, tmp_path: Path) -> None:
+    code = embed.main(
+        [
+            "--models-dir",
+            str(tiny_setup / "models"),
+            "--runs-dir",
+            str(tiny_setup / "runs"),
+            "--duration",
+            "0.3",
+            "--cell-seconds",
+            "0.01",
+            "--batches",
+            "1",
+            "2",
+            "--concurrency",
+            "1",
+            "2",
+            "--audio-seconds",
+            "1",
+            "--precision-batches",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "embed.json").read_text(encoding="utf-8"))
+    assert report["machine"]["cpu_count"] and report["errors"] == 0
+    assert sorted(w["bundle"] for w in report["results"]) == list(MODALITIES)
+    for work in report["results"]:
+        assert [r["batch"] for r in work["ceiling"]] == [1, 2]
+        assert [r["concurrency"] for r in work["service"]] == [1, 2]
+        for row in work["service"]:
+            assert row["errors"] == 0 and row["requests"] > 0
+            assert row["inference_calls"] > 0 and row["mean_batch"] >= 1
+        prec = work["precision"]
+        assert prec["quantized_file"] == "model.quant.onnx"
+        assert {"fp32", "quantized", "torch", "quantized_speedup"} <= prec["rows"][0].keys()
+        assert prec["agreement_with_fp32"]["torch"]["min_cosine"] > 0.999
+    metrics = {h["metric"] for h in report["headlines"]}
+    assert any(m.startswith("service p50 at 1 client") for m in metrics)
+    assert any(m.startswith("quantized speed-up") for m in metrics)
+    assert (tmp_path / "embed.md").read_text(encoding="utf-8").startswith("# Embedding benchmark")
+    assert (tmp_path / "embed.png").stat().st_size > 0
+
+
+def test_memory_benchmark_runs(tiny_setup: Path, tmp_path: Path) -> None:
+    code = memory.main(
+        [
+            "--models-dir",
+            str(tiny_setup / "models"),
+            "--requests",
+            "12",
+            "--warmup",
+            "6",
+            "--sample-every",
+            "6",
+            "--concurrency",
+            "3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "memory.json").read_text(encoding="utf-8"))
+    result = report["result"]
+    assert result["errors"] == 0 and result["requests"] == 12
+    assert [s["requests"] for s in result["samples"]] == [0, 6, 12]
+    assert result["rss_baseline_kb"] > 0 and isinstance(result["growth_pct"], float)
+    assert sorted(result["models"]) == list(MODALITIES)
+    assert (tmp_path / "memory.md").is_file()
+
+
+def test_closed_loop_is_bounded_and_counts_errors() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        index = json.loads(request.content)["i"]
+        return httpx.Response(500 if index % 5 == 0 else 200, json={})
+
+    async def go() -> tuple[int, int, int]:
+        transport = httpx.MockTransport(handler)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            result = await closed_loop(
+                client,
+                "/x",
+                lambda i: json.dumps({"i": i}).encode(),
+                concurrency=4,
+                duration_s=30.0,
+                max_requests=23,
+            )
+        return result.requests, result.errors, len(result.latencies_s)
+
+    assert asyncio.run(go()) == (23, 5, 18)
+
+
+def test_metrics_parsing_and_percentiles() -> None:
+    text = (
+        "# HELP cpc_inference_batch_size Inputs in one onnxruntime call, by model\n"
+        'cpc_inference_batch_size_bucket{le="1.0",model="audio"} 3.0\n'
+        'cpc_inference_batch_size_count{model="audio"} 5.0\n'
+        'cpc_inference_batch_size_sum{model="audio"} 12.0\n'
+        'cpc_inference_batch_size_sum{model="text"} 2.0\n'
+    )
+    assert batch_histogram(text, "audio") == (12.0, 5.0)
+    assert batch_histogram(text, "image") == (0.0, 0.0)
+    assert scrape(text, "cpc_inference_batch_size_sum")[(("model", "text"),)] == 2.0
+    stats = latency_ms([0.001 * i for i in range(1, 101)])
+    assert stats["p50_ms"] == pytest.approx(50.5) and stats["p99_ms"] == pytest.approx(99.01)
+    assert latency_ms([])["p50_ms"] is None
+
+
+def test_workload_inputs() -> None:
+    assert len(typical_inputs("audio", 2)) == 2 and typical_inputs("audio", 1)[0][:4] == b"RIFF"
+    assert typical_inputs("image", 1)[0][:4] == b"\x89PNG"
+    text = typical_inputs("text", 1)[0]
+    assert isinstance(text, str) and text.count(".") >= 2
+    rng = np.random.default_rng(0)
+    assert all(random_input(m, rng) for m in MODALITIES for _ in range(3))
+    body = json.loads(request_body("audio", b"abc"))
+    assert body == {"model": "audio", "inputs": ["YWJj"]}
+
+
+def test_service_process_reports_a_failed_start(tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "bundle.json").write_text("{not json", encoding="utf-8")
+    service = ServiceProcess(tmp_path, start_timeout_s=60.0)
+    with pytest.raises(RuntimeError, match="did not become ready"):
+        service.start()
+    assert service.stop() is None  # already stopped and cleaned up
