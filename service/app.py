@@ -1,16 +1,19 @@
 """The application factory and its lifespan.
 
 `create_app(settings)` builds the FastAPI app: exception handlers, the routers
-of `service.routes.ROUTERS`, and the middleware (outermost first): metrics,
-CORS (when origins are set), API key (when a key is set), body limit. The
+of `service.routes.ROUTERS`, and the middleware (outermost first): request
+log (request id, access line, last-resort 500), metrics, CORS (when origins
+are set), API keys (when a key is set), request timeout, body limit. The
 lifespan loads every bundle of CPC_MODELS_DIR, warms it up, creates
 CPC_DATA_DIR (and takes a shared lock on it, see `service.datalock`), opens
 every collection and makes sure each bundle has the collection named after
 it, starts the batchers and only then reports ready; a bad bundle stops the
 start with a message naming the file. While it runs, the index snapshots of
-changed collections are written every CPC_SNAPSHOT_INTERVAL_S. On shutdown the
-app reports not ready (draining), stops the batchers and closes the
-collections (which writes their snapshots).
+changed collections are written every CPC_SNAPSHOT_INTERVAL_S. Shutdown
+(SIGTERM or SIGINT under uvicorn) marks the app as draining at once, so
+/ready answers 503 while the server finishes the requests in flight; then the
+lifespan stops the batchers and closes the collections (which writes their
+snapshots).
 
 `cpc-embed serve` runs it with uvicorn as the factory "service.app:create_app".
 """
@@ -19,9 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -38,7 +45,10 @@ from service.index import set_faiss_threads
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry, load_registry
+from service.requestlog import REQUEST_ID_HEADER, RequestLogMiddleware
 from service.routes import ROUTERS
+from service.shutdown import drain_on_signals
+from service.timeouts import RequestTimeoutMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +85,24 @@ async def _open_collections(app: FastAPI, registry: ModelRegistry) -> Collection
     return manager
 
 
+def start_draining_on_signals(state: Any) -> Callable[[], None]:
+    """Mark `state` as draining as soon as SIGTERM or SIGINT arrives (see service.shutdown)."""
+    loop = asyncio.get_running_loop()
+
+    def begin(signum: int) -> None:
+        state.draining = True  # only a flag: safe inside a signal handler
+        loop.call_soon_threadsafe(
+            functools.partial(
+                logger.info,
+                "%s received: draining (/ready answers 503), finishing the requests in flight",
+                signal.Signals(signum).name,
+            ),
+            context=contextvars.Context(),  # not the context of the request it interrupted
+        )
+
+    return drain_on_signals(begin)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load and warm every bundle, open the collections, then serve; on shutdown, drain,
@@ -109,10 +137,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ", ".join(registry.names) or "none",
         len(manager.list()),
     )
+    restore_signals = start_draining_on_signals(state)
     try:
         yield
     finally:
         state.draining = True
+        restore_signals()
         try:
             if snapshots is not None:
                 snapshots.cancel()
@@ -128,16 +158,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     # Each add_middleware wraps what is there: the last one added runs first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    if settings.api_key or settings.read_api_key:
+        app.add_middleware(
+            ApiKeyMiddleware, api_key=settings.api_key, read_api_key=settings.read_api_key
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER],
         )
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
+    # The routers' own routes too: FastAPI wraps an included router in an object without a
+    # path, and a request refused before routing (401, 413) is still labelled by its route.
+    routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    app.add_middleware(RequestLogMiddleware, routes=routes)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,9 +1,13 @@
-"""API-key authentication (CPC_API_KEY), as a pure-ASGI middleware.
+"""API-key authentication (CPC_API_KEY, CPC_READ_API_KEY), as a pure-ASGI middleware.
 
 When a key is set, every HTTP route except the probes (/health, /ready)
-requires `Authorization: Bearer <key>`; the key is compared in constant time.
-A missing or wrong key gets 401 with `WWW-Authenticate: Bearer`. Without a
-key the middleware is not installed at all.
+requires `Authorization: Bearer <key>`; keys are compared in constant time
+and never logged. A missing or wrong key gets 401 with
+`WWW-Authenticate: Bearer`. The read-only key (CPC_READ_API_KEY) may read:
+GET, HEAD and OPTIONS anywhere, and POST to /embed, /v1/embeddings and
+/search, which change nothing; any other request with it (creating or
+deleting collections, upserting or deleting items, and any unknown route) is
+403. Without either key the middleware is not installed at all.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.errors import Forbidden
 from service.handlers import error_response
 
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_POSTS = frozenset({"/embed", "/v1/embeddings", "/search"})
 
 
 def _authorization(scope: Scope) -> bytes | None:
@@ -37,29 +44,55 @@ def bearer_token(header: bytes | None) -> bytes | None:
     return token.strip() or None
 
 
-class ApiKeyMiddleware:
-    """401 unless the request carries the configured bearer key."""
+def is_read(method: str, path: str) -> bool:
+    """Whether a request only reads: what the read-only key may do."""
+    return method in READ_METHODS or (method == "POST" and path.rstrip("/") in READ_POSTS)
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        if not api_key:
+
+def _matches(token: bytes, key: bytes | None) -> bool:
+    # compare_digest runs in time independent of where the bytes differ
+    return key is not None and hmac.compare_digest(token, key)
+
+
+class ApiKeyMiddleware:
+    """401 unless the request carries a configured bearer key; 403 for a write with the
+    read-only one."""
+
+    def __init__(
+        self, app: ASGIApp, api_key: str | None = None, read_api_key: str | None = None
+    ) -> None:
+        if not api_key and not read_api_key:
             raise ValueError("ApiKeyMiddleware needs a non-empty key")
         self.app = app
-        self.key = api_key.encode("utf-8")
+        self.key = api_key.encode("utf-8") if api_key else None
+        self.read_key = read_api_key.encode("utf-8") if read_api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        method = str(scope.get("method", "GET")).upper()
         token = bearer_token(_authorization(scope))
-        if token is not None and hmac.compare_digest(token, self.key):
-            await self.app(scope, receive, send)
-            return
+        if token is not None:
+            full = _matches(token, self.key)
+            read_only = _matches(token, self.read_key)
+            if full or (read_only and is_read(method, path)):
+                await self.app(scope, receive, send)
+                return
+            if read_only:
+                denied = Forbidden(
+                    f"the read-only API key (CPC_READ_API_KEY) cannot {method} {path[:200]}: "
+                    "it may embed, search and read; writes need the full key (CPC_API_KEY)"
+                )
+                await error_response(denied.status_code, denied.detail, path=path)(
+                    scope, receive, send
+                )
+                return
         detail = (
             "missing API key: send `Authorization: Bearer <key>`"
             if token is None
             else "wrong API key"
         )
-        response = error_response(
-            401, detail, {"WWW-Authenticate": "Bearer"}, path=str(scope.get("path", ""))
-        )
+        response = error_response(401, detail, {"WWW-Authenticate": "Bearer"}, path=path)
         await response(scope, receive, send)

@@ -4,16 +4,26 @@
 live in the training package and are imported only when called, so a serving
 install never loads torch. Without torch those subcommands say how to install
 it, in one line, and exit 2.
+
+`serve` configures logging first (CPC_LOG_FORMAT, see `service.logging_setup`)
+and runs uvicorn without its own logging setup or access log. A SIGTERM
+drains and exits 0: uvicorn finishes the requests in flight (for at most
+CPC_REQUEST_TIMEOUT_S and a few seconds more), the lifespan closes the
+collections, and the signal uvicorn passes on afterwards ends the process
+with status 0 (SIGINT: 130) instead of killing it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 TRAINING_COMMANDS = ("data", "train", "export", "eval")
 INSTALL_HINT = (
@@ -82,15 +92,35 @@ def torch_available() -> bool:
     return True
 
 
+SHUTDOWN_GRACE_S = 5  # beyond CPC_REQUEST_TIMEOUT_S, for the answers to be written
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    """What SIGTERM (0) and SIGINT (130) do outside uvicorn's handling: exit, no traceback."""
+    raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.config import Settings
+    from service.logging_setup import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_format, args.log_level)
+    # uvicorn replaces these while it runs and re-raises the signal once it has drained;
+    # they turn that re-raise (or a signal during start-up) into a clean exit.
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    signal.signal(signal.SIGINT, _exit_quietly)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + SHUTDOWN_GRACE_S,
     )
     return 0
 

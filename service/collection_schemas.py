@@ -11,10 +11,19 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 IndexKind = Literal["flat", "ivf"]
 Number = Annotated[float, Field(strict=True)]
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true or false")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_not_a_boolean)]
 
 
 def schema_error(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
@@ -103,7 +112,7 @@ class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     collection: str = Field(description="the collection to search")
-    k: int = Field(default=10, description="most results, 1 to CPC_MAX_K")
+    k: WholeNumber = Field(default=10, description="most results, 1 to CPC_MAX_K")
     filter: dict[str, Any] | None = Field(
         default=None, description="metadata equality on top-level keys"
     )

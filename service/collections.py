@@ -67,6 +67,27 @@ def validate_item_id(item_id: object) -> str:
     return item_id
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_integers(value: object, what: str) -> None:
+    """InvalidInput if `value` (JSON, any depth) holds an integer outside the 64-bit range,
+    which JSON readers (and this service's own encoder) cannot round-trip."""
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, int) and not isinstance(current, bool):
+            if not INT64_MIN <= current <= INT64_MAX:
+                raise InvalidInput(
+                    f"{what} holds an integer outside the 64-bit range (-2**63 to 2**63-1); "
+                    "send it as a string or a float"
+                )
+        elif isinstance(current, Mapping):
+            stack.extend(current.values())
+        elif isinstance(current, list | tuple):
+            stack.extend(current)
+
+
 def validate_metadata(metadata: object, max_bytes: int) -> dict[str, Any]:
     """The metadata as a dict (None gives {}); it must be a JSON object of at most `max_bytes`."""
     if metadata is None:
@@ -76,6 +97,7 @@ def validate_metadata(metadata: object, max_bytes: int) -> dict[str, Any]:
     if not all(isinstance(key, str) for key in metadata):
         raise InvalidInput("metadata keys must be strings")
     out = dict(metadata)
+    check_integers(out, "metadata")
     size = len(dump_metadata(out).encode())
     if size > max_bytes:
         raise TooLarge(f"metadata is {size} bytes as JSON; the limit is {max_bytes}")
@@ -89,6 +111,7 @@ def validate_filter(where: object) -> dict[str, Any] | None:
     if not isinstance(where, Mapping) or not all(isinstance(key, str) for key in where):
         raise InvalidInput("filter must be a JSON object of metadata keys and values")
     out = dict(where)
+    check_integers(out, "filter")
     dump_metadata(out)  # rejects NaN, infinity and what JSON cannot hold
     return out or None
 

@@ -9,6 +9,7 @@ environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,12 @@ class Settings(BaseSettings):
         repr=False,
         description="when set, every route but /health and /ready needs `Authorization: Bearer`",
     )
+    read_api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="a second, read-only bearer key: /embed, /v1/embeddings, /search and GETs, "
+        "but 403 on a write (PUT, POST or DELETE of collections and items)",
+    )
     max_request_bytes: int = Field(
         default=26_214_400, gt=0, description="larger bodies get 413 before they are read whole"
     )
@@ -51,6 +58,12 @@ class Settings(BaseSettings):
         gt=0,
         description="longest vector a request may send (413 above it; 409 for any other length "
         "than the collection's dim)",
+    )
+    request_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="longest a request may take before it is answered 504 (408 while its body "
+        "is still arriving); the work is cancelled, or abandoned where it runs in a thread",
     )
     snapshot_interval_s: float = Field(
         default=300.0,
@@ -77,4 +90,8 @@ class Settings(BaseSettings):
     warmup: bool = Field(default=True, description="run each model once before reporting ready")
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS (JSON list); empty: no CORS"
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="`cpc-embed serve` logs: one JSON object per line, or plain text",
     )

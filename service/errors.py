@@ -30,6 +30,12 @@ class Unauthorized(CPCError):
     status_code = 401
 
 
+class Forbidden(CPCError):
+    """A valid key that may not do this, such as a write with the read-only key (403)."""
+
+    status_code = 403
+
+
 class NotFound(CPCError):
     """Unknown model, collection or item (404)."""
 
@@ -64,6 +70,12 @@ class NotReady(CPCError):
     """The service is still loading or is draining (503)."""
 
     status_code = 503
+
+
+class TimedOut(CPCError):
+    """The request took longer than CPC_REQUEST_TIMEOUT_S (504)."""
+
+    status_code = 504
 
 
 class BundleError(Exception):

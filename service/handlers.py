@@ -4,8 +4,11 @@ Every error body is `{"detail": "<what was wrong, for a person>"}`:
 - a domain error (`service.errors.CPCError`) gets its own status code;
 - a request that does not match the schema gets 422 with the problems
   spelled out in one sentence (and, for programs, an `errors` list);
+- a client that hangs up before its body is complete gets a 400 nobody reads
+  (logged at info, not as an error);
 - anything else is a bug: 500 `{"detail": "internal error"}`, with the stack
-  trace in the log and never in the response.
+  trace in the log (once: `service.requestlog` answers it before the server
+  would log it again) and never in the response.
 Under /v1/ (the OpenAI-compatible routes) the body also carries OpenAI's
 `{"error": {"message", "type", "code"}}`, so OpenAI clients show the message.
 """
@@ -20,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.errors import CPCError, Overloaded, Unauthorized
 
@@ -27,8 +31,14 @@ logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "internal error"
 MAX_SHOWN_PROBLEMS = 5
+MAX_LOC_CHARS = 64  # a field name longer than this (a whole body as a form key) is cut
 OPENAI_PREFIX = "/v1/"
-OPENAI_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+OPENAI_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 
 
 def error_response(
@@ -47,6 +57,13 @@ def error_response(
         )
         body["error"] = {"message": detail, "type": kind, "code": status}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _short(part: Any) -> Any:
+    """A location part as shown: long names cut, so a detail never echoes a whole body."""
+    if isinstance(part, str) and len(part) > MAX_LOC_CHARS:
+        return f"{part[: MAX_LOC_CHARS // 2]!r}... ({len(part)} characters)"
+    return part
 
 
 def _where(loc: Sequence[Any]) -> str:
@@ -75,6 +92,7 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[dict[st
                 f"the body is not valid JSON ({reason})" if reason else "the body is not valid JSON"
             )
             loc = ("body",)
+        loc = tuple(_short(part) for part in loc)
         compact.append({"loc": list(loc), "msg": msg, "type": str(err.get("type", ""))})
     shown = [f"{_where(e['loc'])}: {e['msg']}" for e in compact[:MAX_SHOWN_PROBLEMS]]
     more = len(compact) - len(shown)
@@ -103,15 +121,39 @@ async def handle_validation_error(request: Request, exc: Exception) -> JSONRespo
 async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if exc.status_code == 404 and detail == "Not Found":
-        detail = f"no route {request.method} {request.url.path}; see /docs"
     headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.method} {request.url.path[:200]}; see /docs"
+    elif exc.status_code == 405 and detail == "Method Not Allowed":
+        allowed = (headers or {}).get("allow", "")
+        detail = f"{request.method} is not allowed on {request.url.path[:200]}" + (
+            f"; allowed: {allowed}" if allowed else ""
+        )
     return error_response(exc.status_code, detail, headers, path=request.url.path)
 
 
+async def handle_client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    logger.info(
+        "%s %s: the client hung up before sending its whole body", request.method, request.url.path
+    )
+    return error_response(
+        400, "the client closed the connection before the body was complete", path=request.url.path
+    )
+
+
+def log_unexpected(method: str, path: str, exc: BaseException) -> None:
+    """Log a bug once, with its stack trace (never sent to the client)."""
+    logger.error("unhandled error on %s %s: %r", method, path, exc, exc_info=exc)
+
+
+def internal_error(path: str) -> JSONResponse:
+    """The 500 response of a bug: no detail beyond "internal error"."""
+    return error_response(500, INTERNAL_ERROR, path=path)
+
+
 async def handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, INTERNAL_ERROR, path=request.url.path)
+    log_unexpected(request.method, request.url.path, exc)
+    return internal_error(request.url.path)
 
 
 def install_exception_handlers(app: FastAPI) -> None:
@@ -119,4 +161,5 @@ def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CPCError, handle_domain_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(ClientDisconnect, handle_client_disconnect)
     app.add_exception_handler(Exception, handle_unexpected_error)

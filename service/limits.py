@@ -1,6 +1,9 @@
 """The request body limit (CPC_MAX_REQUEST_BYTES), enforced before a body is read whole.
 
 A pure-ASGI middleware, so it sees the body as it streams in:
+- a body in a Content-Encoding (gzip, ...) is refused with 415 saying so: the
+  service never inflates bodies, so it would otherwise read one as broken JSON
+  or as a corrupt file;
 - a Content-Length over the limit is refused with 413 at once, before a single
   body byte is read;
 - a body without Content-Length (chunked) is counted chunk by chunk; the moment
@@ -23,11 +26,26 @@ class _BodyTooLarge(Exception):
     """Raised inside the app's receive() when the streamed body passes the limit."""
 
 
-def _content_length(scope: Scope) -> str | None:
+def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
-        if key == b"content-length":
+        if key == name:
             return str(value.decode("latin-1")).strip()
     return None
+
+
+def _content_length(scope: Scope) -> str | None:
+    return _header(scope, b"content-length")
+
+
+def _encoding_detail(scope: Scope) -> str | None:
+    """Why the body's Content-Encoding is refused, or None when it is absent or identity."""
+    encoding = _header(scope, b"content-encoding")
+    if encoding is None or encoding.lower() in ("", "identity"):
+        return None
+    return (
+        f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed "
+        "(Content-Encoding identity or none)"
+    )
 
 
 def too_large_detail(limit: int, size: int | None = None) -> str:
@@ -49,6 +67,10 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         path = str(scope.get("path", ""))
+        encoding = _encoding_detail(scope)
+        if encoding is not None:
+            await error_response(415, encoding, path=path)(scope, receive, send)
+            return
         if declared is not None:
             if not declared.isdigit():
                 await error_response(400, f"invalid Content-Length header {declared!r}", path=path)(

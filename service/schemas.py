@@ -8,6 +8,7 @@ turns pydantic's errors into FastAPI's 422.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -85,7 +86,9 @@ class OpenAIEmbeddingRequest(BaseModel):
         description="text, or audio and image as data URIs (data:image/png;base64,...)"
     )
     encoding_format: EncodingFormat = "float"
-    dimensions: int | None = Field(default=None, description="must equal the model's width")
+    dimensions: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="must equal the model's width"
+    )
     user: str | None = None
 
 
@@ -120,8 +123,22 @@ def parse_model(cls: type[M], data: bytes | dict[str, Any]) -> M:
         raise RequestValidationError(errors) from None
 
 
+def _plain(value: Any) -> Any:
+    """What the standard json module cannot write itself: numpy arrays and scalars."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 class OrjsonResponse(JSONResponse):
-    """JSON through orjson; numpy arrays (float32 vectors) are written natively."""
+    """JSON through orjson; numpy arrays (float32 vectors) are written natively.
+
+    An integer beyond 64 bits (which orjson refuses) falls back to the standard
+    json module rather than failing the response.
+    """
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:
+            return json.dumps(content, default=_plain, ensure_ascii=False).encode("utf-8")

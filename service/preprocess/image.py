@@ -34,11 +34,14 @@ _OPEN_LOCK = threading.Lock()
 
 
 def _to_uint8(img: Image.Image) -> Image.Image:
-    """Scale a 16-bit, 32-bit integer or float single-band image to L."""
+    """Scale a 16-bit, 32-bit integer or float single-band image to L (a float image with
+    NaN or infinite pixels is refused: it has no picture to show)."""
     arr = np.asarray(img)
+    if img.mode == "F" and not np.isfinite(arr).all():
+        raise InvalidInput("the image holds NaN or infinite pixel values")
     if img.mode.startswith("I;16"):
         scaled = arr.astype(np.float64) / 257.0
-    elif img.mode == "F" and np.isfinite(arr).all() and arr.size and arr.max() <= 1.0:
+    elif img.mode == "F" and arr.size and arr.max() <= 1.0:
         scaled = arr.astype(np.float64) * 255.0
     elif img.mode == "I" and arr.size and arr.max() > 255:
         scaled = arr.astype(np.float64) / 257.0

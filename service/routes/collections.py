@@ -16,12 +16,21 @@ bare 404 or 405.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.convertors import Convertor, register_url_convertor
 
+from service.bodies import (
+    JSON_TYPE,
+    is_form,
+    is_json,
+    media_type,
+    parse_json_field,
+    read_form,
+    read_json,
+    unsupported,
+)
 from service.collection_ops import (
     NewItem,
     check_collection_name,
@@ -44,9 +53,8 @@ from service.collection_schemas import (
 from service.collections import validate_item_id
 from service.config import Settings
 from service.deps import CollectionsDep, MetricsDep, RegistryDep, SettingsDep
-from service.errors import InvalidInput, NotFound, UnsupportedMedia
+from service.errors import InvalidInput, NotFound
 from service.inputs import form_inputs
-from service.routes.embed import FORM_TYPES, JSON_TYPE, media_type
 from service.schemas import OrjsonResponse, parse_model
 
 
@@ -106,10 +114,7 @@ def part_limit(settings: Settings) -> int:
 def _form_metadata(values: list[str]) -> list[Any]:
     out: list[Any] = []
     for i, text in enumerate(values):
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise schema_error(("metadata", i), f"not valid JSON ({exc})") from None
+        value = parse_json_field(text, ("metadata", i))
         if not isinstance(value, dict):
             raise schema_error(("metadata", i), "must be a JSON object")
         out.append(value)
@@ -119,8 +124,8 @@ def _form_metadata(values: list[str]) -> list[Any]:
 async def read_items(request: Request, settings: Settings) -> list[NewItem]:
     """The items of an upsert, from JSON or from a multipart form."""
     kind = media_type(request)
-    if kind in FORM_TYPES:
-        async with request.form(max_part_size=part_limit(settings)) as form:
+    if is_form(kind):
+        async with read_form(request, part_limit(settings)) as form:
             inputs, fields = await form_inputs(form)
         ids = fields.pop("id", [])
         metadata = _form_metadata(fields.pop("metadata", []))
@@ -148,15 +153,16 @@ async def read_items(request: Request, settings: Settings) -> list[NewItem]:
             NewItem(id=item_id, input=value, metadata=metadata[i] if metadata else None)
             for i, (item_id, value) in enumerate(zip(ids, inputs, strict=True))
         ]
-    if kind in ("", JSON_TYPE) or kind.endswith("+json"):
+    if is_json(kind):
         body = parse_model(UpsertRequest, await request.body())
         return [
             NewItem(id=item.id, input=item.input, vector=item.vector, metadata=item.metadata)
             for item in body.items
         ]
-    raise UnsupportedMedia(
-        f"an upsert takes {JSON_TYPE} or multipart/form-data (`file`/`text` parts with `id` "
-        f"fields), not {kind}"
+    raise unsupported(
+        "an upsert",
+        f"{JSON_TYPE} or multipart/form-data (`file`/`text` parts with `id` fields)",
+        kind,
     )
 
 
@@ -217,6 +223,13 @@ async def remove_item(
     return {"deleted": 1}
 
 
+@router.post("/collections/{name:anypath}/items", include_in_schema=False)
+async def upsert_items_bad_name(name: str) -> None:
+    """An upsert into a name with a '/' (which the route above cannot match): 400."""
+    check_collection_name(name)  # raises: no valid name holds a '/'
+    raise NotFound(f"no collection '{name}'")
+
+
 # --- collections ---------------------------------------------------------------------------
 
 
@@ -234,11 +247,20 @@ async def list_collections(collections: CollectionsDep) -> dict[str, Any]:
     return {"collections": await asyncio.to_thread(describe_all)}
 
 
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {JSON_TYPE: {"schema": CreateCollectionRequest.model_json_schema()}},
+    }
+}
+
+
 @router.put(
     "/collections/{name:anypath}",
     summary="Create a collection",
     status_code=201,
     response_model=CollectionDescription,
+    openapi_extra=CREATE_BODY,
     responses={
         **_BAD_NAME,
         404: {"description": "unknown model"},
@@ -247,12 +269,13 @@ async def list_collections(collections: CollectionsDep) -> dict[str, Any]:
 )
 async def create_collection(
     name: str,
-    body: CreateCollectionRequest,
+    request: Request,
     collections: CollectionsDep,
     registry: RegistryDep,
     metrics: MetricsDep,
 ) -> dict[str, Any]:
     check_collection_name(name)
+    body = await read_json(request, CreateCollectionRequest, "PUT /collections/{name}")
     served = registry.get(body.model)
 
     def create() -> dict[str, Any]:

@@ -12,9 +12,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from service.bodies import JSON_TYPE, is_form, is_json, media_type, read_form, unsupported
 from service.deps import RegistryDep, SettingsDep
 from service.embedding import Embeddings, embed_inputs
-from service.errors import UnsupportedMedia
 from service.inputs import INPUT_FIELDS, ApiInput, form_inputs
 from service.pooling import to_base64
 from service.schemas import (
@@ -28,8 +28,6 @@ from service.schemas import (
 
 router = APIRouter(tags=["embed"])
 
-JSON_TYPE = "application/json"
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _MIN_PART_BYTES = 1024 * 1024
 
 
@@ -58,28 +56,24 @@ REQUEST_BODY = {
 }
 
 
-def media_type(request: Request) -> str:
-    """The request's media type, lower case, without parameters ("" when absent)."""
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
 async def read_request(
     request: Request, max_text_chars: int
 ) -> tuple[EmbedOptions, list[ApiInput]]:
     """Options and inputs from a JSON or form body; 415 for any other media type."""
     kind = media_type(request)
-    if kind in FORM_TYPES:
+    if is_form(kind):
         part_limit = max(_MIN_PART_BYTES, 4 * max_text_chars + 1024)
-        async with request.form(max_part_size=part_limit) as form:
+        async with read_form(request, part_limit) as form:
             inputs, fields = await form_inputs(form)
         options = parse_model(EmbedOptions, {k: v[-1] for k, v in fields.items()})
         return options, inputs
-    if kind in ("", JSON_TYPE) or kind.endswith("+json"):
+    if is_json(kind):
         body = parse_model(EmbedRequest, await request.body())
         return body, list(body.inputs)
-    raise UnsupportedMedia(
-        f"POST /embed takes {JSON_TYPE} or multipart/form-data (`{'`/`'.join(INPUT_FIELDS)}` "
-        f"parts), not {kind}"
+    raise unsupported(
+        "POST /embed",
+        f"{JSON_TYPE} or multipart/form-data (`{'`/`'.join(INPUT_FIELDS)}` parts)",
+        kind,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from service.bodies import read_json
 from service.deps import RegistryDep, SettingsDep
 from service.embedding import embed_inputs
 from service.errors import InvalidInput
@@ -21,7 +22,6 @@ from service.schemas import (
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     OrjsonResponse,
-    parse_model,
 )
 
 router = APIRouter(tags=["openai"])
@@ -44,7 +44,7 @@ REQUEST_BODY = {
 async def create_embeddings(
     request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> OrjsonResponse:
-    body = parse_model(OpenAIEmbeddingRequest, await request.body())
+    body = await read_json(request, OpenAIEmbeddingRequest, "POST /v1/embeddings")
     inputs = [body.input] if isinstance(body.input, str) else list(body.input)
     name: str | None = body.model
     modality: str | None = None

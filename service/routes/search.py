@@ -10,20 +10,26 @@ thread. Results are best first, at most `k`, scored by cosine similarity.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
 
+from service.bodies import (
+    JSON_TYPE,
+    is_form,
+    is_json,
+    media_type,
+    parse_json_field,
+    read_form,
+    unsupported,
+)
 from service.collection_ops import check_filter, get_collection, query_vector
 from service.collection_schemas import SearchOptions, SearchRequest, SearchResponse, schema_error
 from service.config import Settings
 from service.deps import CollectionsDep, RegistryDep, SettingsDep
-from service.errors import UnsupportedMedia
 from service.inputs import ApiInput, form_inputs
 from service.routes.collections import part_limit
-from service.routes.embed import FORM_TYPES, JSON_TYPE, media_type
 from service.schemas import OrjsonResponse, parse_model
 
 router = APIRouter(tags=["search"])
@@ -56,26 +62,22 @@ async def read_query(
 ) -> tuple[SearchOptions, ApiInput | None, Sequence[float] | None]:
     """Options, input and vector of a search, from JSON or a multipart form."""
     kind = media_type(request)
-    if kind in FORM_TYPES:
-        async with request.form(max_part_size=part_limit(settings)) as form:
+    if is_form(kind):
+        async with read_form(request, part_limit(settings)) as form:
             inputs, fields = await form_inputs(form)
         values: dict[str, Any] = {key: found[-1] for key, found in fields.items()}
         if "filter" in values:
-            try:
-                values["filter"] = json.loads(values["filter"])
-            except ValueError as exc:
-                raise schema_error(("filter",), f"not valid JSON ({exc})") from None
+            values["filter"] = parse_json_field(values["filter"], ("filter",))
         if len(inputs) != 1:
             raise schema_error(
                 ("file",), f"give exactly one `file` or `text` part to search by, not {len(inputs)}"
             )
         return parse_model(SearchOptions, values), inputs[0], None
-    if kind in ("", JSON_TYPE) or kind.endswith("+json"):
+    if is_json(kind):
         body = parse_model(SearchRequest, await request.body())
         return body, body.input, body.vector
-    raise UnsupportedMedia(
-        f"POST /search takes {JSON_TYPE} or multipart/form-data (a `file` or `text` part), "
-        f"not {kind}"
+    raise unsupported(
+        "POST /search", f"{JSON_TYPE} or multipart/form-data (a `file` or `text` part)", kind
     )
 
 
@@ -97,9 +99,8 @@ async def search(
 ) -> OrjsonResponse:
     options, value, vector = await read_query(request, settings)
     if not 1 <= options.k <= settings.max_k:
-        raise schema_error(
-            ("k",), f"k must be from 1 to {settings.max_k} (CPC_MAX_K), not {options.k}"
-        )
+        given = str(options.k) if abs(options.k) < 10**12 else "a number that large"
+        raise schema_error(("k",), f"k must be from 1 to {settings.max_k} (CPC_MAX_K), not {given}")
     where = check_filter(options.filter)
     coll = get_collection(collections, options.collection)
     query = await query_vector(coll, registry, settings, input=value, vector=vector)
