@@ -47,6 +47,7 @@ class TextModelConfig:
     embed_dim: int = 128  # token embedding width
     channels: int = 256  # width of the sentence encoder's 1-D conv
     kernel_size: int = 3  # of that conv; a single layer keeps padding harmless
+    token_dropout: float = 0.0  # training only: share of tokens dropped, against memorising
     encoder_dim: int = 256  # width of z (one per sentence)
     context_dim: int = 256  # width of c (GRU over sentences)
 

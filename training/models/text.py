@@ -7,6 +7,7 @@ pad tokens (or whole pad sentences) on the right never change a valid output.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from training.config import TextModelConfig
@@ -20,6 +21,7 @@ class SentenceEncoder(nn.Module):
         if cfg.kernel_size < 1:
             raise ValueError(f"kernel_size must be >= 1, got {cfg.kernel_size}")
         self.pad_id = pad_id
+        self.token_dropout = cfg.token_dropout
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=pad_id)
         self.conv = nn.Conv1d(
             cfg.embed_dim, cfg.channels, cfg.kernel_size, padding=cfg.kernel_size // 2
@@ -31,6 +33,10 @@ class SentenceEncoder(nn.Module):
         # tokens: [B, S, L] int64
         num_sentences, length = tokens.shape[1], tokens.shape[2]
         flat = tokens.reshape(-1, length)  # [B*S, L]
+        if self.training and self.token_dropout > 0:
+            # Drop whole tokens (as if absent): the model cannot memorise exact sentences.
+            drop = torch.rand(flat.shape, device=flat.device) < self.token_dropout
+            flat = flat.masked_fill(drop, self.pad_id)
         mask = (flat != self.pad_id).unsqueeze(-1).float()  # [B*S, L, 1]
         emb = self.embed(flat) * mask  # [B*S, L, E]
         h = self.act(self.conv(emb.transpose(1, 2)))  # [B*S, ch, L (+1 for an even kernel)]
