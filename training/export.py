@@ -173,7 +173,7 @@ def export_model(
     path = out / MODEL_FILE
     x = torch.from_numpy(example_inputs(cfg, 2, 1))
     torch.onnx.export(
-        _Graph(model),
+        _Graph(model).eval(),  # export restores this mode recursively: it must be eval
         (x,),
         str(path),
         dynamo=False,

@@ -73,3 +73,14 @@ def test_export_run_with_quantized_copy(
     assert spec.metrics["quantized_min_cosine"] > 0.9
     assert spec.training["modality"] == modality and spec.metrics["step"] == 2
     assert spec.data["files"] > 0
+
+
+def test_training_only_layers_are_off_in_the_export(tmp_path: Path) -> None:
+    """Token dropout is active in train mode; the exported graph and the check must not see it."""
+    cfg = tiny_config("text")
+    cfg.model.token_dropout = 0.5  # type: ignore[union-attr]
+    model = build_model(cfg).train()
+    tokenizer = train_tokenizer(["a few words", "and more words"], 300, tmp_path / "tok.json")
+    result = export_model(model, cfg, tmp_path / "b", name="t", tokenizer_path=tokenizer)
+    assert result.max_abs_diff <= 1e-4
+    assert not model.training  # left in eval mode, as export used it
