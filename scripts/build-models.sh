@@ -11,9 +11,9 @@ BIN=${BIN:-.venv/bin}
 CORPORA=${CORPORA:-corpora}
 RUNS=${RUNS:-runs}
 MODELS=${MODELS:-models}
-AUDIO_STEPS=${AUDIO_STEPS:-4000}
-IMAGE_STEPS=${IMAGE_STEPS:-2500}
-TEXT_STEPS=${TEXT_STEPS:-3000}
+AUDIO_STEPS=${AUDIO_STEPS:-3000}
+IMAGE_STEPS=${IMAGE_STEPS:-2000}
+TEXT_STEPS=${TEXT_STEPS:-2000}
 
 corpus() {  # corpus KIND: build it once; an existing manifest means it is there
     [ -f "$CORPORA/$1/manifest.csv" ] || "$BIN/cpc-embed" data "$1" --out "$CORPORA/$1"

@@ -121,9 +121,10 @@ def default_config(modality: Modality) -> TrainConfig:
     if modality == "text":
         return TrainConfig(
             modality="text",
-            model=TextModelConfig(),
+            # Token dropout: without it the model memorised its training sentences.
+            model=TextModelConfig(token_dropout=0.3),
             loss=LossConfig(prediction_steps=3),
-            optim=OptimConfig(batch_size=32, lr=5e-4),
+            optim=OptimConfig(batch_size=64, lr=5e-4),
             data=DataConfig(window=8),
         )
     raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
