@@ -72,7 +72,7 @@ def test_export_run_with_quantized_copy(
     assert spec.onnx.quantized_file and (tmp_path / "bundle" / spec.onnx.quantized_file).is_file()
     assert spec.metrics["quantized_min_cosine"] > 0.9
     assert spec.training["modality"] == modality and spec.metrics["step"] == 2
-    assert spec.data["files"] > 0
+    assert spec.data["files_found"] > 0
 
 
 def test_training_only_layers_are_off_in_the_export(tmp_path: Path) -> None:
