@@ -44,13 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import machine_info
 from bench.serving import (
     ServiceProcess,
     batch_histogram,
     closed_loop,
     cpu_seconds,
     make_client,
+    report_header,
     setup_logging,
 )
 from bench.workloads import request_body, typical_inputs
@@ -632,23 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch_note = "; ".join(f"{name}: {why}" for name, (_, why) in torch_models.items())
 
     report: dict[str, Any] = {
-        "machine": machine_info(),
-        "settings": {
-            key: getattr(settings, key)
-            for key in (
-                "batch_wait_ms",
-                "max_inference_batch",
-                "intra_op_threads",
-                "use_quantized",
-                "max_queue",
-            )
-        },
-        "params": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k not in ("out", "note")
-        },
-        "note": args.note,
+        **report_header(settings, args),
         "torch": torch_note,
         "results": results,
     }

@@ -27,13 +27,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.machine import machine_info
 from bench.serving import (
     LoadResult,
     ServiceProcess,
     closed_loop,
     make_client,
     proc_status,
+    report_header,
     setup_logging,
 )
 from bench.workloads import random_input, request_body
@@ -216,23 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ServiceProcess(args.models_dir, log_level=args.server_log_level) as service:
         result = asyncio.run(drive(service, args))
     report = {
-        "machine": machine_info(),
-        "settings": {
-            key: getattr(settings, key)
-            for key in (
-                "batch_wait_ms",
-                "max_inference_batch",
-                "intra_op_threads",
-                "use_quantized",
-                "max_queue",
-            )
-        },
-        "params": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k not in ("out", "note")
-        },
-        "note": args.note,
+        **report_header(settings, args),
         "result": result,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -347,3 +347,28 @@ def _failed(result: LoadResult, message: str) -> None:
     result.errors += 1
     if len(result.error_samples) < 5:
         result.error_samples.append(message)
+
+
+SERVICE_SETTINGS = (
+    "batch_wait_ms",
+    "max_inference_batch",
+    "intra_op_threads",
+    "use_quantized",
+    "max_queue",
+)
+
+
+def report_header(settings: Any, args: Any) -> dict[str, Any]:
+    """What every serving result starts with: machine, service settings, parameters, note."""
+    from bench.machine import machine_info
+
+    return {
+        "machine": machine_info(),
+        "settings": {key: getattr(settings, key) for key in SERVICE_SETTINGS},
+        "params": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k not in ("out", "note")
+        },
+        "note": args.note,
+    }

@@ -1,4 +1,4 @@
-"""Acknowledged writes survive kill -9: a real server process (uvicorn on 127.0.0.1) is
+"""Acknowledged writes survive kill -9: a real server process (`cpc-embed serve` on 127.0.0.1) is
 killed with SIGKILL in the middle of a stream of concurrent upserts, restarted, and must
 hold every acknowledged item exactly, with no index entry that lacks a store row.
 
@@ -9,12 +9,7 @@ restart also reconciles a stale snapshot with the store.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,82 +22,26 @@ import numpy as np
 import pytest
 
 from tests.service.conftest import unit
+from tests.service.live import LiveServer
 
 THREADS = 8
 REQUESTS_PER_THREAD = 30
 KILL_AFTER_ACKS = 60
 DIM = 16
 COLLECTION = "audio"
-REPO = Path(__file__).resolve().parents[2]
+SNAPSHOTS = {"CPC_SNAPSHOT_INTERVAL_S": "0.3"}  # stale snapshots the restart must reconcile
 
 Value = tuple[list[float], dict[str, Any]]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`uvicorn service.app:create_app --factory` in a child process, on loopback."""
-
-    def __init__(self, models_dir: Path, data_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CPC_")}
-        env.update(
-            CPC_MODELS_DIR=str(models_dir),
-            CPC_DATA_DIR=str(data_dir),
-            CPC_WARMUP="false",
-            CPC_SNAPSHOT_INTERVAL_S="0.3",
-        )
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "service.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"the server exited with {self.proc.returncode}:\n{self.log.read_text()}"
-                )
-            try:
-                if httpx.get(f"{self.base}/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"the server was not ready within {timeout} s:\n{self.log.read_text()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-
 @pytest.fixture
-def servers(models_dir: Path, tmp_path: Path) -> Iterator[list[Server]]:
-    started: list[Server] = []
+def servers(models_dir: Path, tmp_path: Path) -> Iterator[list[LiveServer]]:
+    started: list[LiveServer] = []
     try:
         yield started
     finally:
         for server in started:
-            server.kill()
+            server.stop()
 
 
 @dataclass
@@ -156,7 +95,7 @@ class Writer:
                     acks[0] += 1
 
 
-def stream_and_kill(server: Server) -> list[Writer]:
+def stream_and_kill(server: LiveServer) -> list[Writer]:
     writers = [Writer(n, server.base) for n in range(THREADS)]
     stop, lock, acks = threading.Event(), threading.Lock(), [0]
     threads = [threading.Thread(target=w.run, args=(stop, acks, lock)) for w in writers]
@@ -165,7 +104,7 @@ def stream_and_kill(server: Server) -> list[Writer]:
     deadline = time.monotonic() + 20.0
     while acks[0] < KILL_AFTER_ACKS and time.monotonic() < deadline:
         time.sleep(0.005)
-    server.kill()  # SIGKILL, with requests in flight
+    server.stop()  # SIGKILL, with requests in flight
     stop.set()
     for t in threads:
         t.join(timeout=30)
@@ -176,14 +115,14 @@ def stream_and_kill(server: Server) -> list[Writer]:
 
 
 def test_acknowledged_upserts_survive_sigkill(
-    models_dir: Path, tmp_path: Path, servers: list[Server]
+    models_dir: Path, tmp_path: Path, servers: list[LiveServer]
 ) -> None:
     data_dir = tmp_path / "data"
-    servers.append(Server(models_dir, data_dir, tmp_path / "server.log"))
+    servers.append(LiveServer(models_dir, data_dir, tmp_path / "server.log", **SNAPSHOTS))
     servers[0].wait_ready()
     writers = stream_and_kill(servers[0])
 
-    servers.append(Server(models_dir, data_dir, tmp_path / "server.log"))
+    servers.append(LiveServer(models_dir, data_dir, tmp_path / "server.log", **SNAPSHOTS))
     servers[1].wait_ready()
     with httpx.Client(base_url=servers[1].base, timeout=10.0) as client:
         present: set[str] = set()
