@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge
-from service.index import INDEX_KINDS, SnapshotError, VectorIndex, load_index, make_index
+from service.index import (
+    INDEX_KINDS,
+    SnapshotError,
+    VectorIndex,
+    fsync_dir,
+    load_index,
+    make_index,
+)
 from service.store import CollectionInfo, Item, ItemStore, dump_metadata
 
 logger = logging.getLogger(__name__)
@@ -417,14 +424,6 @@ class Collection:
 # --- all collections -------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CollectionManager:
     """Every collection under `<data_dir>/collections`. Thread-safe."""
 
@@ -487,9 +486,9 @@ class CollectionManager:
             try:
                 info = CollectionInfo(name=name, model=model, dim=dim, index=index)
                 ItemStore.create(tmp / STORE_FILE, info).close()
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
                 os.rename(tmp, final)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -515,7 +514,7 @@ class CollectionManager:
         with self._lock:
             doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
             os.rename(coll.folder, doomed)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         shutil.rmtree(doomed, ignore_errors=True)
         logger.info("deleted collection '%s'", name)
 

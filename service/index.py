@@ -183,11 +183,12 @@ class _FaissIndex:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         logger.info("index snapshot %s: %d vectors at version %d", path, self.ntotal, version)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (fsync the directory)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

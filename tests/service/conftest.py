@@ -29,6 +29,7 @@ from PIL import Image
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import TOPICS
+from tests.service.live import LiveServer
 from tests.training.tiny import tiny_config
 from training.config import TrainConfig
 from training.export import export_model
@@ -184,3 +185,14 @@ def unit(vector: Any) -> np.ndarray:
 def random_vectors(n: int, dim: int = 16, seed: int = 0) -> list[list[float]]:
     rng = np.random.default_rng(seed)
     return [[float(x) for x in row] for row in rng.standard_normal((n, dim))]
+
+
+@pytest.fixture
+def servers() -> Iterator[list[LiveServer]]:
+    """Server processes a test starts; each is stopped (SIGKILL if needed) at the end."""
+    started: list[LiveServer] = []
+    try:
+        yield started
+    finally:
+        for server in started:
+            server.stop()

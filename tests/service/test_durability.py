@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,6 @@ COLLECTION = "audio"
 SNAPSHOTS = {"CPC_SNAPSHOT_INTERVAL_S": "0.3"}  # stale snapshots the restart must reconcile
 
 Value = tuple[list[float], dict[str, Any]]
-
-
-@pytest.fixture
-def servers(models_dir: Path, tmp_path: Path) -> Iterator[list[LiveServer]]:
-    started: list[LiveServer] = []
-    try:
-        yield started
-    finally:
-        for server in started:
-            server.stop()
 
 
 @dataclass

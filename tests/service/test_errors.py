@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 import struct
-import threading
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,6 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -31,6 +27,7 @@ from tests.service.conftest import (
     data_uri,
     image_bytes,
 )
+from tests.service.live import app_in_thread
 
 GOOD = {"model": "text", "inputs": ["Still serving."]}
 
@@ -195,31 +192,12 @@ def test_413_bad_content_length_is_400(make_client: MakeClient) -> None:
     assert r.status_code in (400, 413)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live_server(models_dir: Path, tmp_path: Path) -> Iterator[str]:
     """The app on a real uvicorn server on 127.0.0.1 (body limit 4096 bytes)."""
     settings = Settings(models_dir=models_dir, data_dir=tmp_path / "data", max_request_bytes=4096)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with app_in_thread(settings) as address:
+        yield f"http://{address}"
 
 
 def test_413_streamed_over_real_http(live_server: str) -> None:

@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.config import Settings
 from tests.service import hostile_media as hm
 from tests.service.conftest import TEXTS
@@ -47,7 +43,7 @@ from tests.service.hostile_cases import (
     WireCase,
     http,
 )
-from tests.service.live import free_port
+from tests.service.live import app_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -114,20 +110,8 @@ def wire_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     settings = Settings(
         models_dir=models_dir, data_dir=tmp_path_factory.mktemp("wire"), request_timeout_s=1.0
     )
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with app_in_thread(settings) as address:
+        yield address
 
 
 def exchange(address: str, raw: bytes, timeout: float = 10.0) -> tuple[int, str]:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import FrameType, SimpleNamespace
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 
 from service.app import start_draining_on_signals
 from service.routes.health import not_ready_reason
@@ -36,16 +35,6 @@ SLOW_REQUESTS = 4
 CHUNKS = 12
 CHUNK_PAUSE_S = 0.1
 EXIT_BOUND_S = 30.0
-
-
-@pytest.fixture
-def servers() -> Iterator[list[LiveServer]]:
-    started: list[LiveServer] = []
-    try:
-        yield started
-    finally:
-        for server in started:
-            server.stop()
 
 
 def items(prefix: str, n: int, seed: int) -> list[dict[str, Any]]:
