@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -116,7 +116,6 @@ class AudioDataset:
     lengths: np.ndarray  # int64 [files]
     window: int
     sample_rate: int
-    files: int = 0
     skipped_short: int = 0
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -153,7 +152,6 @@ def load_audio_dataset(files: list[Path], model: AudioModelConfig, window: int) 
         lengths,
         window,
         model.sample_rate,
-        len(clips),
         skipped,
     )
 
@@ -225,7 +223,6 @@ class TextDataset:
     window: int
     pad_id: int
     documents: int = 0
-    doc_sentences: list[int] = field(default_factory=list)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         starts = rng.integers(0, len(self.sentences) - self.window + 1, size=batch_size)
@@ -265,7 +262,7 @@ def load_text_dataset(
             f"the text holds {len(sentences)} sentences, fewer than the training window of "
             f"{window}; add text or lower data.window"
         )
-    return TextDataset(sentences, window, pad_id, len(docs), [len(d) for _, d in docs])
+    return TextDataset(sentences, window, pad_id, len(docs))
 
 
 def extensions_for(cfg: TrainConfig) -> tuple[str, ...]:
