@@ -5,9 +5,12 @@ Run: `.venv/bin/python -m bench.memory [--requests 5000] [--models-dir models]`.
 `--warmup` requests of the same random mix, takes the server's RSS (VmRSS of
 /proc/<pid>/status) as the baseline, then sends `--requests` more from
 `--concurrency` closed-loop clients and samples RSS every `--sample-every`
-requests. Requests cycle over the modalities served (the default bundle of
-each), one input each, of random size: audio 0.2-8 s, text 1-20 sentences,
-images 16-640 px a side (PNG or JPEG), seeded so runs repeat. Reports growth
+requests. Each sample is taken at rest, `--settle-s` seconds after the
+requests in flight have been answered: growth is what the service keeps,
+not the buffers of the batch it happens to be running. Requests cycle over
+the modalities served (the default bundle of each), one input each, of
+random size: audio 0.2-8 s, text 1-20 sentences, images 16-640 px a side
+(PNG or JPEG), seeded so runs repeat. Reports growth
 over the baseline in % (target < 10%), the slope over the second half of the
 run, the peak (VmHWM) and errors (must be 0). Writes memory.json and memory.md
 to `--out` and exits 1 if a request failed or the run hit `--max-seconds`.
@@ -107,6 +110,7 @@ async def drive(service: ServiceProcess, args: argparse.Namespace) -> dict[str, 
     async with make_client(service.url, args.concurrency, timeout_s=120.0) as client:
         started = time.perf_counter()
         await send(client, args.warmup, 0)
+        await asyncio.sleep(args.settle_s)
         baseline = proc_status(pid)["VmRSS"]
         logger.info(
             "RSS %d kB at start, %d kB after %d warm-up requests", at_start, baseline, args.warmup
@@ -117,6 +121,7 @@ async def drive(service: ServiceProcess, args: argparse.Namespace) -> dict[str, 
             count = min(args.sample_every, args.requests - sent)
             result = await send(client, count, args.warmup + sent)
             sent += result.requests
+            await asyncio.sleep(args.settle_s)
             rss = proc_status(pid)["VmRSS"]
             samples.append({"requests": sent, "rss_kb": rss})
             logger.info(
@@ -195,6 +200,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-every", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=2.0,
+        help="idle seconds before each RSS sample (the service returns memory once idle)",
+    )
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="bound on the load")
     parser.add_argument("--server-log-level", default="warning")
     parser.add_argument("--note", default="", help="a sentence stored with the results")

@@ -5,7 +5,7 @@ shaped by two moving formant-like resonances and a syllable-rate envelope, plus
 a little noise) written as 16-bit WAV at 16 kHz; images are PNG (or JPEG)
 pictures of gradients, discs and noise; text is English prose drawn from a
 fixed pool of sentences. Every maker takes a seed, so a run is reproducible.
-`request_body` turns one input into the JSON body of `POST /embed`.
+`request_body` turns inputs into the JSON body of `POST /embed`.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def random_input(modality: str, rng: np.random.Generator) -> bytes | str:
     return paragraph(int(rng.integers(1, 21)), int(rng.integers(0, 2**31)))
 
 
-def request_body(model: str, raw: bytes | str) -> bytes:
-    """The JSON body of `POST /embed` for one input (files as base64)."""
-    value = raw if isinstance(raw, str) else base64.b64encode(raw).decode("ascii")
-    return json.dumps({"model": model, "inputs": [value]}).encode("utf-8")
+def request_body(model: str, *raws: bytes | str) -> bytes:
+    """The JSON body of `POST /embed` for these inputs (files as base64)."""
+    values = [r if isinstance(r, str) else base64.b64encode(r).decode("ascii") for r in raws]
+    return json.dumps({"model": model, "inputs": values}).encode("utf-8")

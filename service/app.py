@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.allocator import tune_allocator
 from service.auth import ApiKeyMiddleware
 from service.collection_ops import open_collections
 from service.collections import CollectionManager
@@ -110,6 +111,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
     settings: Settings = state.settings
     set_faiss_threads(1)  # FAISS's default OpenMP threads are many times slower here
+    if settings.release_memory:
+        tune_allocator()  # before the models' thread pools exist
     try:
         registry = await asyncio.to_thread(load_registry, settings, state.metrics)
         _prepare_data_dir(settings)

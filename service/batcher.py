@@ -3,12 +3,17 @@
 Callers `submit` prepared inputs and await their results. The queue is bounded
 in inputs (`max_queue`): a request whose inputs do not all fit is refused at
 once with 429, never partly queued. One worker task per model takes up to
-`max_batch` inputs, waiting at most `wait_ms` after the first one for more to
-arrive, sorts them by shape (so padding is small), runs the blocking
+`max_batch` inputs: all those queued when it is free (continuous batching:
+while one batch runs the next one gathers, so batches grow with the load and
+a lone request never waits), plus, if `wait_ms` > 0, those arriving within
+`wait_ms` of the first. It sorts them by shape (so padding is small), runs the blocking
 onnxruntime call in a worker thread and resolves each caller's future.
 Inputs whose caller has gone away (cancelled) are skipped. A batch of long
 inputs (minutes of audio) is split so that one call never pads more than
-`MAX_BATCH_ELEMENTS` input values, which bounds the memory of a call.
+`MAX_BATCH_ELEMENTS` input values, which bounds the memory of a call. With
+`release_memory`, the worker hands freed memory back to the system once its
+queue has run empty (at most every `RELEASE_EVERY_S`), so a rare large batch
+does not keep the resident size at its peak.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.allocator import release_free_memory
 from service.encoder import OnnxEncoder, Prepared
 from service.errors import NotReady, Overloaded
 from service.metrics import Metrics
@@ -30,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 Result = tuple[np.ndarray, np.ndarray]
 MAX_BATCH_ELEMENTS = 32 * 16000 * 30  # padded input values per call: 32 clips of 30 s at 16 kHz
+RELEASE_EVERY_S = 1.0  # the most often an idle worker returns free memory (it walks the heap)
 
 
 @dataclass
@@ -48,7 +55,8 @@ class DynamicBatcher:
         *,
         max_queue: int = 1024,
         max_batch: int = 32,
-        wait_ms: float = 2.0,
+        wait_ms: float = 0.0,
+        release_memory: bool = False,
     ) -> None:
         if max_queue < 1 or max_batch < 1 or wait_ms < 0:
             raise ValueError("max_queue and max_batch must be >= 1 and wait_ms >= 0")
@@ -57,6 +65,9 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0
+        self.release_memory = release_memory
+        self._released_at = 0.0
+        self._release_pending = False
         self._queue: deque[_Entry] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -124,12 +135,29 @@ class DynamicBatcher:
             batch = await self._next_batch()
             if batch:
                 await self._run_all(batch)
+                self._release_pending = self.release_memory
 
     async def _next_batch(self) -> list[_Entry]:
-        """Wait for a first input, then up to `wait_s` for the batch to fill."""
+        """Wait for a first input, then up to `wait_s` for the batch to fill.
+
+        While idle after a batch, release freed memory once (see RELEASE_EVERY_S).
+        """
+        loop = asyncio.get_running_loop()
         while not self._queue:
             self._arrived.clear()
-            await self._arrived.wait()
+            if not self._release_pending:
+                await self._arrived.wait()
+                continue
+            delay = self._released_at + RELEASE_EVERY_S - loop.time()
+            if delay <= 0:
+                self._release_pending = False
+                self._released_at = loop.time()
+                await asyncio.to_thread(release_free_memory)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), delay)
+        # One turn of the event loop lets requests it has already read join in.
+        await asyncio.sleep(0)
         deadline = asyncio.get_running_loop().time() + self.wait_s
         while len(self._queue) < self.max_batch:
             left = deadline - asyncio.get_running_loop().time()

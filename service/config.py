@@ -74,15 +74,27 @@ class Settings(BaseSettings):
         default=1024, gt=0, description="inputs waiting for inference (per model) before 429"
     )
     batch_wait_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0,
-        description="how long a batch waits for more inputs after its first one arrives",
+        description="extra time a batch waits for more inputs after its first one; 0: none, "
+        "a batch takes what queued while the previous one ran (lowest latency, and batches "
+        "still grow with the load)",
     )
     max_inference_batch: int = Field(
         default=32, gt=0, description="most inputs in one onnxruntime call"
     )
     intra_op_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads per model (0: its default)"
+    )
+    onnx_spinning: bool = Field(
+        default=False,
+        description="let onnxruntime's threads spin between calls (lower latency on an idle "
+        "machine with spare cores; off: they leave the cores to HTTP and decoding)",
+    )
+    release_memory: bool = Field(
+        default=True,
+        description="after each inference call, return memory beyond onnxruntime's first "
+        "arena chunk, so a rare large batch does not raise the resident size for good",
     )
     use_quantized: bool = Field(
         default=False, description="serve model.quant.onnx when a bundle ships one"
@@ -94,4 +106,32 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json",
         description="`cpc-embed serve` logs: one JSON object per line, or plain text",
+    )
+    max_original_bytes: int = Field(
+        default=262_144,
+        ge=0,
+        description="largest original kept with an item added from a file or text (an image "
+        "thumbnail, the start of a clip, the text), so that results can be shown and played; "
+        "0 keeps none. 256 KiB holds a 5 s clip as 16 kHz 16-bit mono WAV (160 kB), a "
+        "thumbnail (a few kB) or a long text",
+    )
+    original_clip_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="an audio original keeps this many seconds from the start (less if "
+        "CPC_MAX_ORIGINAL_BYTES is smaller): enough to recognise a clip by ear",
+    )
+    thumbnail_px: int = Field(
+        default=128,
+        ge=8,
+        le=4096,
+        description="longest side in pixels of an image original (a JPEG thumbnail): the size "
+        "of a search result on a page",
+    )
+    max_map_points: int = Field(
+        default=2000,
+        gt=0,
+        description="most items a collection map (GET /collections/{name}/map) may place; "
+        "its PCA costs time in proportion, and 2000 points still read as a picture",
     )

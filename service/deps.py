@@ -19,17 +19,17 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     """The loaded models; 503 before the lifespan has loaded them."""
     registry: ModelRegistry | None = getattr(request.app.state, "registry", None)
     if registry is None:
@@ -37,7 +37,7 @@ def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
-def get_collections(request: Request) -> CollectionManager:
+async def get_collections(request: Request) -> CollectionManager:
     """The open collections; 503 before the lifespan has opened them."""
     manager: CollectionManager | None = getattr(request.app.state, "collections", None)
     if manager is None:

@@ -25,6 +25,9 @@ from service.registry import ModelRegistry, ServedModel
 from service.schemas import Layer
 
 logger = logging.getLogger(__name__)
+# Text this short is tokenised on the event loop (well under a millisecond):
+# the hop to a worker thread and back would cost more than the work.
+INLINE_TEXT_CHARS = 2048
 
 
 @dataclass
@@ -89,7 +92,10 @@ async def embed_inputs(
         modality = infer_modality(inputs)
     served = registry.resolve(model, modality)
     raws = [to_raw(value, i, served.modality, served.name) for i, value in enumerate(inputs)]
-    prepared = await asyncio.to_thread(_prepare_all, served.encoder, raws)
+    if served.modality == "text" and sum(len(r) for r in raws) <= INLINE_TEXT_CHARS:
+        prepared = _prepare_all(served.encoder, raws)
+    else:
+        prepared = await asyncio.to_thread(_prepare_all, served.encoder, raws)
     outputs = await served.batcher.submit(prepared)
     vectors: list[np.ndarray] = []
     for z, c in outputs:

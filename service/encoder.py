@@ -76,7 +76,7 @@ class Limits:
         return cls(settings.max_audio_seconds, settings.max_image_pixels, settings.max_text_chars)
 
 
-def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+def _session(path: Path, intra_op_threads: int, spinning: bool) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     # Memory patterns are planned per input shape; with variable lengths they
     # only add memory with every new length, so they are off.
@@ -84,6 +84,9 @@ def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
     opts.log_severity_level = 3
     if intra_op_threads > 0:
         opts.intra_op_num_threads = intra_op_threads
+    # Spinning worker threads keep their cores busy between calls, which starves
+    # the event loop and the decoders on a small machine; off unless asked for.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -100,6 +103,7 @@ class OnnxEncoder:
     limits: Limits = field(default_factory=Limits)
     tokenizer: TextTokenizer | None = None
     model_file: str = "model.onnx"
+    run_options: ort.RunOptions | None = None
 
     @classmethod
     def load(
@@ -109,6 +113,8 @@ class OnnxEncoder:
         *,
         intra_op_threads: int = 0,
         use_quantized: bool = False,
+        spinning: bool = False,
+        release_memory: bool = False,
     ) -> OnnxEncoder:
         """Read and check a bundle folder; BundleError names the file at fault."""
         folder = Path(folder)
@@ -117,7 +123,7 @@ class OnnxEncoder:
         if use_quantized and spec.onnx.quantized_file:
             model_file = spec.onnx.quantized_file
         path = folder / model_file
-        session = _session(path, intra_op_threads)
+        session = _session(path, intra_op_threads, spinning)
         inputs = [i.name for i in session.get_inputs()]
         outputs = [o.name for o in session.get_outputs()]
         if spec.onnx.input not in inputs:
@@ -130,7 +136,31 @@ class OnnxEncoder:
             tokenizer = TextTokenizer.from_file(
                 folder / spec.preprocess.tokenizer_file, spec.preprocess
             )
-        return cls(spec, folder, session, limits or Limits(), tokenizer, model_file)
+        run_options = None
+        if release_memory:
+            # The arena keeps what the largest call needed; shrinking after each
+            # call hands memory beyond its first chunk back (a rare long input
+            # would otherwise raise the resident size for good).
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return cls(spec, folder, session, limits or Limits(), tokenizer, model_file, run_options)
+
+    @classmethod
+    def from_settings(
+        cls, folder: str | Path, settings: Settings, *, quantized: bool | None = None
+    ) -> OnnxEncoder:
+        """`load` with the limits and onnxruntime options of `settings`.
+
+        `quantized` overrides `settings.use_quantized` (benchmarks load both).
+        """
+        return cls.load(
+            folder,
+            Limits.from_settings(settings),
+            intra_op_threads=settings.intra_op_threads,
+            use_quantized=settings.use_quantized if quantized is None else quantized,
+            spinning=settings.onnx_spinning,
+            release_memory=settings.release_memory,
+        )
 
     @property
     def name(self) -> str:
@@ -152,7 +182,13 @@ class OnnxEncoder:
         return self._prepare_text(_as_text(raw), pre)
 
     def _prepare_audio(self, data: bytes, pre: AudioPreprocess) -> Prepared:
-        wave = decode_audio(data, pre.sample_rate, self.limits.max_audio_seconds)
+        return self.prepare_wave(decode_audio(data, pre.sample_rate, self.limits.max_audio_seconds))
+
+    def prepare_wave(self, wave: np.ndarray) -> Prepared:
+        """A decoded mono float32 waveform at the bundle's sample rate, as a model input."""
+        pre = self.spec.preprocess
+        if not isinstance(pre, AudioPreprocess):
+            raise InvalidInput(f"model {self.name} takes {self.modality}, not audio samples")
         steps = pre.num_steps(len(wave))
         if steps == 0:
             need = pre.receptive_field
@@ -200,7 +236,9 @@ class OnnxEncoder:
             return []
         onnx = self.spec.onnx
         z, c = self.session.run(
-            [onnx.encoder_output, onnx.context_output], {onnx.input: self.collate(prepared)}
+            [onnx.encoder_output, onnx.context_output],
+            {onnx.input: self.collate(prepared)},
+            self.run_options,
         )
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for i, p in enumerate(prepared):

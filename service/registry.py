@@ -17,7 +17,7 @@ from pathlib import Path
 from service.batcher import DynamicBatcher
 from service.bundle import BUNDLE_FILE, MODALITIES
 from service.config import Settings
-from service.encoder import Limits, OnnxEncoder
+from service.encoder import OnnxEncoder
 from service.errors import BundleError, InvalidInput, NotFound
 from service.metrics import Metrics
 
@@ -129,15 +129,9 @@ def bundle_folders(models_dir: Path) -> list[Path]:
 
 def load_registry(settings: Settings, metrics: Metrics) -> ModelRegistry:
     """Load (and, if configured, warm up) every bundle; BundleError names the bad file."""
-    limits = Limits.from_settings(settings)
     models: list[ServedModel] = []
     for folder in bundle_folders(settings.models_dir):
-        encoder = OnnxEncoder.load(
-            folder,
-            limits,
-            intra_op_threads=settings.intra_op_threads,
-            use_quantized=settings.use_quantized,
-        )
+        encoder = OnnxEncoder.from_settings(folder, settings)
         if settings.warmup:
             encoder.warmup()
         batcher = DynamicBatcher(
@@ -146,6 +140,7 @@ def load_registry(settings: Settings, metrics: Metrics) -> ModelRegistry:
             max_queue=settings.max_queue,
             max_batch=settings.max_inference_batch,
             wait_ms=settings.batch_wait_ms,
+            release_memory=settings.release_memory,
         )
         models.append(ServedModel(encoder, batcher))
         logger.info(

@@ -21,7 +21,7 @@ import pytest
 from bench import embed, memory
 from bench.serving import ServiceProcess, batch_histogram, closed_loop, latency_ms, scrape
 from bench.workloads import random_input, request_body, typical_inputs
-from tests.training.tiny import tiny_config
+from tests.training.tiny import LENIENT, tiny_config
 from training.export import export_run
 from training.train import train
 
@@ -35,7 +35,7 @@ def tiny_setup(corpora: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     for modality in MODALITIES:
         run = root / "runs" / modality
         train(tiny_config(modality, steps=2), corpora[modality], run, progress=False)
-        export_run(run, root / "models" / modality, quantize_weights=True)
+        export_run(run, root / "models" / modality, quantize_weights=True, calibration=LENIENT)
     return root
 
 
@@ -60,6 +60,8 @@ def test_embed_benchmark_runs(tiny_setup: Path, tmp_path: Path) -> None:
             "1",
             "--precision-batches",
             "2",
+            "--inputs-per-request",
+            "3",
             "--out",
             str(tmp_path),
         ]
@@ -70,7 +72,10 @@ def test_embed_benchmark_runs(tiny_setup: Path, tmp_path: Path) -> None:
     assert sorted(w["bundle"] for w in report["results"]) == list(MODALITIES)
     for work in report["results"]:
         assert [r["batch"] for r in work["ceiling"]] == [1, 2]
-        assert [r["concurrency"] for r in work["service"]] == [1, 2]
+        levels = [(r["concurrency"], r["inputs_per_request"]) for r in work["service"]]
+        assert levels == [(1, 1), (2, 1), (16, 3)]
+        batched = work["service"][-1]
+        assert batched["inputs_per_s"] == pytest.approx(3 * batched["requests_per_s"], rel=0.01)
         for row in work["service"]:
             assert row["errors"] == 0 and row["requests"] > 0
             assert row["inference_calls"] > 0 and row["mean_batch"] >= 1
@@ -80,6 +85,7 @@ def test_embed_benchmark_runs(tiny_setup: Path, tmp_path: Path) -> None:
         assert prec["agreement_with_fp32"]["torch"]["min_cosine"] > 0.999
     metrics = {h["metric"] for h in report["headlines"]}
     assert any(m.startswith("service p50 at 1 client") for m in metrics)
+    assert any("16 clients, 3 inputs per request" in m for m in metrics)
     assert any(m.startswith("quantized speed-up") for m in metrics)
     assert (tmp_path / "embed.md").read_text(encoding="utf-8").startswith("# Embedding benchmark")
     assert (tmp_path / "embed.png").stat().st_size > 0
@@ -96,6 +102,8 @@ def test_memory_benchmark_runs(tiny_setup: Path, tmp_path: Path) -> None:
             "6",
             "--sample-every",
             "6",
+            "--settle-s",
+            "0.1",
             "--concurrency",
             "3",
             "--out",
@@ -158,6 +166,7 @@ def test_workload_inputs() -> None:
     assert all(random_input(m, rng) for m in MODALITIES for _ in range(3))
     body = json.loads(request_body("audio", b"abc"))
     assert body == {"model": "audio", "inputs": ["YWJj"]}
+    assert json.loads(request_body("text", "a", "b"))["inputs"] == ["a", "b"]
 
 
 def test_service_process_reports_a_failed_start(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 The graph takes one input (audio samples, image patches or sentence tokens)
 with dynamic batch and length axes and returns both z (encoder) and c
 (context). Export checks the graph with `onnx.checker` (full check), compares
-onnxruntime with torch on several lengths and batch sizes, optionally adds a
-uint8-weight quantized copy with its measured agreement, and writes
-`bundle.json` (service.bundle.BundleSpec).
+onnxruntime with torch on several lengths and batch sizes, writes
+`bundle.json` (service.bundle.BundleSpec) and, when asked, adds an int8 copy
+calibrated on the training data (`training.quantize`) with its measured
+agreement.
 """
 
 from __future__ import annotations
@@ -30,17 +31,18 @@ from service.bundle import (
     Dims,
     OnnxSpec,
     Preprocess,
+    load_bundle_spec,
     write_bundle_spec,
 )
 from training.checkpoint import load_checkpoint
 from training.config import AudioModelConfig, ImageModelConfig, TrainConfig, config_from_dict
 from training.data import image_spec, text_spec
 from training.models.cpc import CPCModel, build_model
+from training.quantize import CalibrationConfig, QuantizeError, quantize_bundle
 
 logger = logging.getLogger(__name__)
 OPSET = 17
 MODEL_FILE = "model.onnx"
-QUANTIZED_FILE = "model.quant.onnx"
 INPUT_NAMES = {"audio": "audio", "image": "patches", "text": "tokens"}
 ROUNDTRIP_BATCHES = (1, 4)
 
@@ -124,27 +126,6 @@ def compare_with_torch(model: CPCModel, cfg: TrainConfig, path: Path) -> float:
     return worst
 
 
-def quantize(path: Path, out: Path) -> None:
-    """uint8 weights (QUInt8): 1.5x faster than fp32 here; the QInt8 default was slower."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(path), str(out), weight_type=QuantType.QUInt8)
-
-
-def quantized_agreement(cfg: TrainConfig, fp32: Path, quant: Path) -> float:
-    """Smallest cosine between mean-pooled fp32 and quantized context vectors."""
-    a, b = _session(fp32), _session(quant)
-    name = a.get_inputs()[0].name
-    worst = 1.0
-    for variant in range(3):
-        x = example_inputs(cfg, 4, variant, seed=1)
-        ca = a.run(["c"], {name: x})[0].reshape(4, -1, cfg.model.context_dim).mean(1)
-        cb = b.run(["c"], {name: x})[0].reshape(4, -1, cfg.model.context_dim).mean(1)
-        cos = (ca * cb).sum(1) / (np.linalg.norm(ca, axis=1) * np.linalg.norm(cb, axis=1) + 1e-12)
-        worst = min(worst, float(cos.min()))
-    return worst
-
-
 @dataclass
 class ExportResult:
     spec: BundleSpec
@@ -159,13 +140,22 @@ def export_model(
     name: str,
     tokenizer_path: Path | None = None,
     quantize_weights: bool = False,
+    calibration_data: str | Path | None = None,
+    calibration: CalibrationConfig | None = None,
     data_info: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     atol: float = 1e-4,
 ) -> ExportResult:
-    """Write `out_dir/{model.onnx, bundle.json[, tokenizer.json, model.quant.onnx]}`."""
+    """Write `out_dir/{model.onnx, bundle.json[, tokenizer.json, model.quant.onnx]}`.
+
+    `quantize_weights` needs `calibration_data`, a folder of the model's kind of
+    files. A copy that misses `calibration.min_cosine` is not kept: the bundle
+    is written without it and a warning says by how much it missed.
+    """
     if cfg.modality == "text" and tokenizer_path is None:
         raise ExportError("a text bundle needs the tokenizer the model was trained with")
+    if quantize_weights and calibration_data is None:
+        raise ExportError("a quantized copy needs calibration data: a folder of training files")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
@@ -188,14 +178,6 @@ def export_model(
         raise ExportError(f"onnxruntime differs from torch by {diff:.2e} (> {atol:.0e})")
     logger.info("exported %s: onnxruntime matches torch within %.2e", path, diff)
     found: dict[str, Any] = {**(metrics or {}), "onnx_max_abs_diff": diff}
-    quant_file = None
-    if quantize_weights:
-        quantize(path, out / QUANTIZED_FILE)
-        quant_file = QUANTIZED_FILE
-        found["quantized_min_cosine"] = quantized_agreement(cfg, path, out / QUANTIZED_FILE)
-        logger.info(
-            "quantized copy agrees with fp32 at cosine >= %.5f", found["quantized_min_cosine"]
-        )
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, out / text_spec(cfg.model).tokenizer_file)  # type: ignore[arg-type]
     spec = BundleSpec(
@@ -203,7 +185,7 @@ def export_model(
         modality=cfg.modality,
         version=hashlib.sha256(path.read_bytes()).hexdigest()[:12],
         dims=Dims(context=cfg.model.context_dim, encoder=cfg.model.encoder_dim),
-        onnx=OnnxSpec(file=MODEL_FILE, quantized_file=quant_file, input=input_name, opset=OPSET),
+        onnx=OnnxSpec(file=MODEL_FILE, input=input_name, opset=OPSET),
         preprocess=preprocess_spec(cfg),
         training=cfg.to_dict(),
         data=data_info or {},
@@ -211,7 +193,31 @@ def export_model(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_bundle_spec(out, spec)
+    if quantize_weights:
+        assert calibration_data is not None
+        try:
+            spec = add_quantized_copy(out, calibration_data, calibration)
+        except QuantizeError as exc:
+            logger.warning("no quantized copy: %s", exc)
     return ExportResult(spec, diff)
+
+
+def add_quantized_copy(
+    folder: str | Path, data_dir: str | Path, calibration: CalibrationConfig | None = None
+) -> BundleSpec:
+    """Quantize the bundle in `folder` and record the copy in its bundle.json."""
+    result = quantize_bundle(folder, data_dir, calibration)
+    spec = load_bundle_spec(folder)
+    spec.onnx.quantized_file = result.path.name
+    spec.metrics["quantized_min_cosine"] = result.min_cosine
+    spec.metrics["quantization"] = {
+        "method": "static int8 (QDQ), per-channel weights, percentile calibration",
+        "calibration_data": str(data_dir),
+        "calibration_inputs": result.calibration_inputs,
+        "check_inputs": result.check_inputs,
+    }
+    write_bundle_spec(folder, spec)
+    return spec
 
 
 def load_run_model(run_dir: str | Path) -> tuple[CPCModel, TrainConfig, dict[str, Any]]:
@@ -229,8 +235,14 @@ def export_run(
     *,
     name: str | None = None,
     quantize_weights: bool = False,
+    calibration_data: str | Path | None = None,
+    calibration: CalibrationConfig | None = None,
 ) -> ExportResult:
+    """Export a run; a quantized copy calibrates on `calibration_data`, else the run's data."""
     model, cfg, ckpt = load_run_model(run_dir)
+    data = ckpt.get("data") or {}
+    if calibration_data is None and data.get("folder"):
+        calibration_data = data["folder"]
     tok = Path(run_dir) / ckpt["tokenizer"] if ckpt.get("tokenizer") else None
     metrics = {"step": ckpt["step"], "parameters": ckpt.get("parameters")}
     return export_model(
@@ -240,6 +252,8 @@ def export_run(
         name=name or Path(out_dir).name,
         tokenizer_path=tok,
         quantize_weights=quantize_weights,
+        calibration_data=calibration_data,
+        calibration=calibration,
         data_info=ckpt.get("data"),
         metrics=metrics,
     )

@@ -12,7 +12,9 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import DEFAULT_MODELS_DIR, Settings
 from service.errors import BundleError
+from tests.conftest import make_audio_folder
 from tests.service.conftest import TEXTS, MakeClient, TinyBundle, audio_bytes, b64, image_bytes
+from tests.training.tiny import LENIENT
 from training.export import export_model
 
 
@@ -42,7 +44,7 @@ def test_settings_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) 
     assert s.max_request_bytes == 26214400 and s.max_batch == 64
     assert s.max_audio_seconds == 600 and s.max_image_pixels == 40_000_000
     assert s.max_text_chars == 100_000 and s.max_k == 1000 and s.max_queue == 1024
-    assert s.batch_wait_ms == 2.0 and s.max_inference_batch == 32 and s.intra_op_threads == 0
+    assert s.batch_wait_ms == 0.0 and s.max_inference_batch == 32 and s.intra_op_threads == 0
     assert s.use_quantized is False and s.warmup is True and s.cors_origins == []
     for name, field in Settings.model_fields.items():
         assert field.description, f"setting {name} has no description"
@@ -177,7 +179,15 @@ def test_quantized_copy_is_served_when_asked(
 ) -> None:
     bundle = tiny_bundles["audio"]
     root = tmp_path / "models"
-    export_model(bundle.model, bundle.cfg, root / "audio", name="audio", quantize_weights=True)
+    export_model(
+        bundle.model,
+        bundle.cfg,
+        root / "audio",
+        name="audio",
+        quantize_weights=True,
+        calibration_data=make_audio_folder(tmp_path / "calibration"),
+        calibration=LENIENT,
+    )
     body = {"model": "audio", "inputs": [b64(audio_bytes(0.5))]}
     with start(root, tmp_path, use_quantized=True) as c:
         info = c.get("/models/audio").json()

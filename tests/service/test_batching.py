@@ -138,6 +138,21 @@ def test_batcher_respects_max_batch() -> None:
     asyncio.run(scenario())
 
 
+def test_batcher_without_wait_runs_a_lone_input_at_once_and_gathers_the_rest_meanwhile() -> None:
+    async def scenario() -> None:
+        encoder = FakeEncoder(delay=0.3)
+        batcher = make_batcher(encoder, max_batch=8, wait_ms=0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([item(1)]))
+        await asyncio.to_thread(encoder.started.wait, 5)  # item 1 runs alone, not held back
+        later = [asyncio.ensure_future(batcher.submit([item(n)])) for n in (4, 2, 3)]
+        await asyncio.gather(first, *later)
+        await batcher.stop()
+        assert encoder.batches == [[1], [2, 3, 4]]
+
+    asyncio.run(scenario())
+
+
 def test_batcher_queue_is_bounded_in_inputs() -> None:
     async def scenario() -> None:
         encoder = FakeEncoder(delay=0.3)

@@ -15,7 +15,7 @@ from PIL import Image
 from service.bundle import load_bundle_spec
 from service.preprocess.text import TextTokenizer
 from tests.conftest import TOPICS
-from tests.training.tiny import tiny_config
+from tests.training.tiny import LENIENT, tiny_config
 from training.baselines import mfcc_features, pixel_features, tfidf_features
 from training.data import text_spec
 from training.eval_cli import add_eval_command, run_eval_command
@@ -200,7 +200,9 @@ def trained(
     root = tmp_path_factory.mktemp(f"eval-{modality}")
     data = make_labelled_corpus(modality, root / "data")
     train(tiny_config(modality, steps=2), data, root / "run", progress=False)
-    export_run(root / "run", root / "bundle", quantize_weights=modality == "audio")
+    export_run(
+        root / "run", root / "bundle", quantize_weights=modality == "audio", calibration=LENIENT
+    )
     return root, modality
 
 

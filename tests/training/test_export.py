@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from service.bundle import load_bundle_spec
-from tests.training.tiny import tiny_config
-from training.export import example_inputs, export_model, export_run
+from tests.training.tiny import LENIENT, tiny_config
+from training.export import ExportError, example_inputs, export_model, export_run
 from training.models.cpc import build_model
+from training.quantize import CalibrationConfig
 from training.tokenizer import train_tokenizer
 from training.train import train
 
@@ -66,13 +69,38 @@ def test_export_run_with_quantized_copy(
 ) -> None:
     run = tmp_path / "run"
     train(tiny_config(modality, steps=2), corpora[modality], run, progress=False)
-    result = export_run(run, tmp_path / "bundle", quantize_weights=True)
+    result = export_run(run, tmp_path / "bundle", quantize_weights=True, calibration=LENIENT)
     spec = load_bundle_spec(tmp_path / "bundle")
     assert spec.name == "bundle" and spec.version == result.spec.version
     assert spec.onnx.quantized_file and (tmp_path / "bundle" / spec.onnx.quantized_file).is_file()
-    assert spec.metrics["quantized_min_cosine"] > 0.9
+    assert spec.metrics["quantized_min_cosine"] > LENIENT.min_cosine
+    assert spec.metrics["quantization"]["calibration_data"] == str(corpora[modality])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "bundle" / "model.quant.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # static: activations are int8 too
+    assert "ConvInteger" not in ops
     assert spec.training["modality"] == modality and spec.metrics["step"] == 2
     assert spec.data["files_found"] > 0
+
+
+def test_a_quantized_copy_too_far_from_fp32_is_not_kept(
+    corpora: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    train(tiny_config("image", steps=2), corpora["image"], run, progress=False)
+    impossible = CalibrationConfig(min_cosine=1.5)
+    with caplog.at_level(logging.WARNING):
+        export_run(run, tmp_path / "bundle", quantize_weights=True, calibration=impossible)
+    spec = load_bundle_spec(tmp_path / "bundle")
+    assert (
+        spec.onnx.quantized_file is None and not (tmp_path / "bundle" / "model.quant.onnx").exists()
+    )
+    assert "no quantized copy" in caplog.text and "it was not kept" in caplog.text
+
+
+def test_quantizing_without_calibration_data_is_refused(tmp_path: Path) -> None:
+    cfg = tiny_config("image")
+    with pytest.raises(ExportError, match="calibration data"):
+        export_model(build_model(cfg), cfg, tmp_path / "b", name="b", quantize_weights=True)
 
 
 def test_training_only_layers_are_off_in_the_export(tmp_path: Path) -> None:

@@ -1,0 +1,64 @@
+"""glibc tuning and trimming: settings accepted, freed memory handed back, called when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import platform
+
+import pytest
+
+from service import allocator, batcher
+from service.batcher import DynamicBatcher
+from service.metrics import Metrics
+from tests.service.test_batching import FakeEncoder, item
+
+glibc = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="mallopt/malloc_trim are glibc's"
+)
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@glibc
+def test_allocator_settings_are_accepted_and_small_frees_are_returned() -> None:
+    assert allocator.tune_allocator() is True
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    # 64 MiB in 64 KiB blocks: below the mmap threshold, so they live on the heap.
+    blocks = [libc.malloc(64 * 1024) for _ in range(1024)]
+    for b in blocks:
+        ctypes.memset(b, 1, 64 * 1024)
+    held = rss_kb()
+    for b in blocks[:-1]:  # the last block pins the heap's top: only a trim frees the rest
+        libc.free(b)
+    allocator.release_free_memory()
+    assert rss_kb() < held - 32 * 1024
+    libc.free(blocks[-1])
+
+
+def test_an_idle_batcher_releases_memory_once_after_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bool] = []
+
+    def counted() -> bool:
+        calls.append(True)
+        return allocator.release_free_memory()
+
+    monkeypatch.setattr(batcher, "release_free_memory", counted)
+    monkeypatch.setattr(batcher, "RELEASE_EVERY_S", 0.05)
+
+    async def scenario(release: bool) -> int:
+        calls.clear()
+        b = DynamicBatcher(FakeEncoder(), Metrics(), release_memory=release)  # type: ignore[arg-type]
+        b.start()
+        await asyncio.gather(b.submit([item(3)]), b.submit([item(4)]))
+        await asyncio.sleep(0.3)  # idle for six release periods: still one release
+        await b.stop()
+        return len(calls)
+
+    assert asyncio.run(scenario(True)) == 1
+    assert asyncio.run(scenario(False)) == 0
