@@ -1,19 +1,21 @@
 """API-key authentication (CPC_API_KEY, CPC_READ_API_KEY), as a pure-ASGI middleware.
 
-When a key is set, every HTTP route except the probes (/health, /ready)
-requires `Authorization: Bearer <key>`; keys are compared in constant time
-and never logged. A missing or wrong key gets 401 with
-`WWW-Authenticate: Bearer`. The read-only key (CPC_READ_API_KEY) may read:
-GET, HEAD and OPTIONS anywhere, and POST to /embed, /v1/embeddings and
-/search, which change nothing; any other request with it (creating or
-deleting collections, upserting or deleting items, and any unknown route) is
-403. Without either key the middleware is not installed at all.
+When a key is set, every HTTP route except the probes (/health, /ready) and
+the playground's page and static assets (`/`, `/playground/<file>`: code, no
+data; see `service.routes.playground`) requires `Authorization: Bearer
+<key>`; keys are compared in constant time and never logged. A missing or
+wrong key gets 401 with `WWW-Authenticate: Bearer`. The read-only key
+(CPC_READ_API_KEY) may read: GET, HEAD and OPTIONS anywhere, and POST to
+/embed, /v1/embeddings and /search, which change nothing; any other request
+with it (creating or deleting collections, upserting or deleting items, and
+any unknown route) is 403. Without either key the middleware is not installed at all.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -22,7 +24,8 @@ from service.handlers import error_response
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/"})
+OPEN_ASSET = re.compile(r"/playground/[A-Za-z0-9_-]+\.(?:js|css|svg)")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 READ_POSTS = frozenset({"/embed", "/v1/embeddings", "/search"})
 
@@ -49,6 +52,10 @@ def is_read(method: str, path: str) -> bool:
     return method in READ_METHODS or (method == "POST" and path.rstrip("/") in READ_POSTS)
 
 
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or OPEN_ASSET.fullmatch(path) is not None
+
+
 def _matches(token: bytes, key: bytes | None) -> bool:
     # compare_digest runs in time independent of where the bytes differ
     return key is not None and hmac.compare_digest(token, key)
@@ -68,7 +75,7 @@ class ApiKeyMiddleware:
         self.read_key = read_api_key.encode("utf-8") if read_api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+        if scope["type"] != "http" or _is_open(str(scope.get("path", ""))):
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))

@@ -5,6 +5,8 @@
 - `prepare_items`: validate a whole upsert (ids, metadata, vectors) and embed
   its inputs through `embed_inputs`, the batching path /embed uses, so that a
   batch is refused before anything is written.
+- `prepare_originals`: what each item of an upsert keeps as its original
+  (see `service.originals`), made in a worker thread after the batch embedded.
 - `query_vector`: the vector a search looks for (embedded or given).
 - `write_items` / `delete_item`: the blocking, fsynced store writes, run in a
   worker thread, followed by the cpc_collection_items gauge.
@@ -38,9 +40,11 @@ from service.collections import (
 from service.config import Settings
 from service.embedding import embed_inputs
 from service.errors import CPCError, InvalidInput, NotFound, TooLarge
-from service.inputs import ApiInput
+from service.inputs import ApiInput, to_raw
 from service.metrics import Metrics
+from service.originals import OriginalLimits, make_original
 from service.registry import ModelRegistry, ServedModel
+from service.store import Original
 
 logger = logging.getLogger(__name__)
 
@@ -212,11 +216,44 @@ async def _embed(
     return result.vectors
 
 
-async def write_items(coll: Collection, items: list[PreparedItem], metrics: Metrics) -> list[str]:
+async def prepare_originals(
+    coll: Collection,
+    registry: ModelRegistry,
+    settings: Settings,
+    items: Sequence[NewItem],
+    keep: bool | None = None,
+) -> list[Original | None] | None:
+    """The original each item keeps (None for a vector item), or None when none are kept:
+    `keep` False, or CPC_MAX_ORIGINAL_BYTES 0. Call it once the items embedded, so that
+    their inputs are known to decode."""
+    limits = OriginalLimits.from_settings(settings)
+    if keep is False or limits.max_bytes <= 0 or all(item.input is None for item in items):
+        return None
+    served = model_of(coll, registry)
+
+    def make_all() -> list[Original | None]:
+        out: list[Original | None] = []
+        for i, item in enumerate(items):
+            if item.input is None:
+                out.append(None)
+                continue
+            raw = to_raw(item.input, i, served.modality, served.name)
+            out.append(make_original(raw, served.modality, limits))
+        return out
+
+    return await asyncio.to_thread(make_all)
+
+
+async def write_items(
+    coll: Collection,
+    items: list[PreparedItem],
+    metrics: Metrics,
+    originals: Sequence[Original | None] | None = None,
+) -> list[str]:
     """Upsert (durable on return) in a worker thread, then refresh the gauge."""
 
     def write() -> list[str]:
-        ids = coll.upsert(items)
+        ids = coll.upsert(items, originals)
         refresh_count(metrics, coll)
         return ids
 

@@ -68,6 +68,12 @@ class UpsertRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     items: list[UpsertItem] = Field(min_length=1, description="at most CPC_MAX_BATCH items")
+    keep_originals: bool | None = Field(
+        default=None,
+        description="keep a small original of each `input` item (image thumbnail, start of a "
+        "clip, the text) for GET /collections/{name}/originals/{id}; default: yes, unless "
+        "CPC_MAX_ORIGINAL_BYTES is 0",
+    )
 
 
 class UpsertResponse(BaseModel):
@@ -116,6 +122,11 @@ class SearchOptions(BaseModel):
     filter: dict[str, Any] | None = Field(
         default=None, description="metadata equality on top-level keys"
     )
+    with_original: bool = Field(
+        default=False,
+        description="add to each result `original`: the media type of the original it keeps "
+        "(GET /collections/{name}/originals/{id}), or null",
+    )
 
 
 class SearchRequest(SearchOptions, _OneOfInputOrVector):
@@ -126,8 +137,40 @@ class SearchResult(BaseModel):
     id: str
     score: float = Field(description="cosine similarity")
     metadata: dict[str, Any]
+    original: str | None = Field(
+        default=None, description="with `with_original`: the original's media type, or null"
+    )
 
 
 class SearchResponse(BaseModel):
     collection: str
     results: list[SearchResult]
+
+
+class MapPoint(BaseModel):
+    id: str
+    x: float
+    y: float
+    metadata: dict[str, Any]
+
+
+class MapQuery(BaseModel):
+    x: float
+    y: float
+
+
+class CollectionMap(BaseModel):
+    """GET /collections/{name}/map: a 2-D PCA of (a sample of) the collection's vectors."""
+
+    collection: str
+    count: int = Field(description="items in the collection")
+    sampled: int = Field(description="items placed: all, or `limit` spread evenly")
+    explained_variance: list[float] = Field(
+        description="share of the sample's variance along each axis"
+    )
+    mean: list[float] = Field(description="the sample's mean vector")
+    components: list[list[float]] = Field(
+        description="two unit axes; a vector v lands at ((v - mean)·a0, (v - mean)·a1)"
+    )
+    points: list[MapPoint]
+    query: MapQuery | None = Field(default=None, description="where `vector` lands, if given")

@@ -45,7 +45,7 @@ from service.index import (
     load_index,
     make_index,
 )
-from service.store import CollectionInfo, Item, ItemStore, dump_metadata
+from service.store import CollectionInfo, Item, ItemStore, Original, dump_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -317,8 +317,16 @@ class Collection:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def upsert(self, items: Sequence[tuple[str, Any, Mapping[str, Any] | None]]) -> list[str]:
-        """Insert or replace `(id, vector, metadata)` items, all or none; return the ids."""
+    def upsert(
+        self,
+        items: Sequence[tuple[str, Any, Mapping[str, Any] | None]],
+        originals: Sequence[Original | None] | None = None,
+    ) -> list[str]:
+        """Insert or replace `(id, vector, metadata)` items, all or none; return the ids.
+
+        `originals` gives each item (in order) the original to keep, or None; an item
+        written without one loses the one it had (see `service.store`).
+        """
         if not items:
             raise InvalidInput("no items to upsert")
         prepared = [
@@ -332,7 +340,7 @@ class Collection:
         with self._writer:
             self._check_open()
             with self._rw.write():
-                written = self.store.upsert(prepared)
+                written = self.store.upsert(prepared, originals)
                 replaced = {old for _, _, old in written if old is not None}
                 keep = [i for i, (_, seq, _) in enumerate(written) if seq not in replaced]
                 seqs = np.array([written[i][1] for i in keep], dtype=np.int64)
@@ -402,6 +410,35 @@ class Collection:
         if item is None:
             raise NotFound(f"no item '{item_id}' in collection '{self.name}'")
         return item
+
+    def get_original(self, item_id: str) -> Original:
+        """The original kept with an item; NotFound if the item or its original is absent."""
+        self._check_open()
+        original = self.store.get_original(item_id)
+        if original is None:
+            self.get(item_id)  # NotFound naming the item when it is the item that is missing
+            raise NotFound(
+                f"item '{item_id}' of collection '{self.name}' has no original: it was given "
+                "as a vector, or sent with keep_originals false, or CPC_MAX_ORIGINAL_BYTES was 0"
+            )
+        return original
+
+    def original_types(self, ids: Sequence[str]) -> dict[str, str]:
+        """The media type of the original of each of `ids` that has one."""
+        self._check_open()
+        return self.store.original_types(ids)
+
+    def sample(self, limit: int) -> tuple[int, list[Item]]:
+        """The item count and at most `limit` items with their vectors, spread evenly over
+        the collection in the order they were written (the same items for the same state)."""
+        if limit < 1:
+            raise InvalidInput("limit must be a positive whole number")
+        with self._rw.read():
+            self._check_open()
+            seqs = self.store.all_seqs()
+            if len(seqs) > limit:
+                seqs = seqs[np.linspace(0, len(seqs) - 1, num=limit).round().astype(np.int64)]
+            return self.store.count(), self.store.get_by_seqs(seqs, vectors=True)
 
     def search(self, vector: object, k: int = 10, filter: object = None) -> list[SearchHit]:
         """The `k` items most similar to `vector` (cosine), best first, matching `filter`."""

@@ -12,6 +12,13 @@ so a write method returns only after its transaction is fsynced; a crash the
 moment after loses nothing. Each write method is one transaction: all of a
 batch lands or none of it does.
 
+Originals: an item may keep a small rendition of what it was made from (an
+image thumbnail, the start of a clip, the text; see `service.originals`) in
+the `originals` table, keyed by item id. It is written, replaced and deleted
+in the same transaction as its item: an upsert without one drops the old one,
+so an original always shows what the current vector was made from. Store
+files made before the table existed get it (empty) when they are opened.
+
 Filters (`filter_seqs`) are metadata equality on top-level keys, with JSON
 semantics: a boolean is never equal to a number (`true` != `1`), numbers
 compare by value (`1` == `1.0`), strings compare exactly, `null` matches only
@@ -53,7 +60,13 @@ CREATE TABLE IF NOT EXISTS items (
     version INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS originals (
+    id TEXT PRIMARY KEY,
+    media_type TEXT NOT NULL,
+    data BLOB NOT NULL
+);
 """
+_ORIGINALS_SCHEMA = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS originals") :]
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,14 @@ class Item:
     metadata: dict[str, Any]
     version: int
     updated_at: float
+
+
+@dataclass(frozen=True)
+class Original:
+    """What an item was made from, small enough to show: `data` of `media_type`."""
+
+    media_type: str
+    data: bytes
 
 
 def dump_metadata(metadata: Mapping[str, Any]) -> str:
@@ -204,7 +225,13 @@ class ItemStore:
         """Open an existing store file."""
         if not path.is_file():
             raise FileNotFoundError(path)
-        return cls(path, cls._connect(path))
+        conn = cls._connect(path)
+        try:
+            conn.executescript(_ORIGINALS_SCHEMA)  # a store file from before originals
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return cls(path, conn)
 
     def close(self) -> None:
         with self._lock:
@@ -240,13 +267,20 @@ class ItemStore:
     # -- writes --------------------------------------------------------------------------------
 
     def upsert(
-        self, items: Sequence[tuple[str, np.ndarray, Mapping[str, Any]]]
+        self,
+        items: Sequence[tuple[str, np.ndarray, Mapping[str, Any]]],
+        originals: Sequence[Original | None] | None = None,
     ) -> list[tuple[str, int, int | None]]:
         """Insert or replace items in one transaction; return `(id, new seq, old seq or None)`.
 
         An id given twice in one batch is written twice: the second write replaces the
         first, so the first one's new seq shows up as the second one's old seq.
+        `originals` (one per item, in order, None for none) replaces each item's original;
+        without it every written item is left with none.
         """
+        if originals is not None and len(originals) != len(items):
+            raise ValueError(f"{len(originals)} originals for {len(items)} items")
+        kept = list(originals) if originals is not None else [None] * len(items)
         prepared = [(item_id, self._vector_blob(v), dump_metadata(m)) for item_id, v, m in items]
         now = time.time()
         out: list[tuple[str, int, int | None]] = []
@@ -256,7 +290,7 @@ class ItemStore:
             try:
                 next_seq = self._meta_int("next_seq")
                 version = self._meta_int("version") + 1
-                for item_id, blob, metadata in prepared:
+                for (item_id, blob, metadata), original in zip(prepared, kept, strict=True):
                     row = db.execute("SELECT seq FROM items WHERE id = ?", (item_id,)).fetchone()
                     db.execute(
                         "INSERT INTO items (id, seq, vector, metadata, version, updated_at) "
@@ -266,6 +300,7 @@ class ItemStore:
                         "updated_at = excluded.updated_at",
                         (item_id, next_seq, blob, metadata, version, now),
                     )
+                    self._write_original(item_id, original)
                     out.append((item_id, next_seq, None if row is None else int(row[0])))
                     next_seq += 1
                 self._set_counters(next_seq, version)
@@ -279,6 +314,16 @@ class ItemStore:
                 db.execute("ROLLBACK")
                 raise
         return out
+
+    def _write_original(self, item_id: str, original: Original | None) -> None:
+        """Replace the original of `item_id` (inside the caller's transaction)."""
+        db = self._db()
+        db.execute("DELETE FROM originals WHERE id = ?", (item_id,))
+        if original is not None:
+            db.execute(
+                "INSERT INTO originals (id, media_type, data) VALUES (?, ?, ?)",
+                (item_id, original.media_type, original.data),
+            )
 
     def _set_counters(self, next_seq: int, version: int) -> None:
         self._db().executemany(
@@ -298,6 +343,7 @@ class ItemStore:
                 if not rows:
                     db.execute("ROLLBACK")
                     raise NotFound(f"no item '{item_id}' in collection '{self.info.name}'")
+                db.execute("DELETE FROM originals WHERE id = ?", (item_id,))
                 self._set_counters(self._meta_int("next_seq"), self._meta_int("version") + 1)
                 db.execute("COMMIT")
             except NotFound:
@@ -330,6 +376,29 @@ class ItemStore:
                 .fetchone()
             )
         return None if row is None else self._decode(row, with_vector=True)
+
+    def get_original(self, item_id: str) -> Original | None:
+        """The original kept with `item_id`, or None (no such item, or none kept)."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT media_type, data FROM originals WHERE id = ?", (item_id,))
+                .fetchone()
+            )
+        return None if row is None else Original(str(row[0]), bytes(row[1]))
+
+    def original_types(self, ids: Sequence[str]) -> dict[str, str]:
+        """The media type of the original of each of `ids` that has one."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, str] = {}
+        with self._lock:
+            db = self._db()
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT id, media_type FROM originals WHERE id IN ({marks})"
+                found.update((str(i), str(t)) for i, t in db.execute(sql, chunk).fetchall())
+        return found
 
     def get_by_seqs(self, seqs: Sequence[int] | np.ndarray, *, vectors: bool = False) -> list[Item]:
         """Items by seq, in the order given; seqs with no row are left out."""

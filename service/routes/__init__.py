@@ -1,14 +1,25 @@
 """The routers of the API, one per resource.
 
 `ROUTERS` is what `create_app` includes, in order; a new resource is one more
-entry here.
+entry here. `collection_views` (paths below /collections/{name}/) comes before
+`collections`, whose catch-all `{name:anypath}` routes would match them too.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import collections, embed, health, metrics, models, openai, search
+from service.routes import (
+    collection_views,
+    collections,
+    embed,
+    health,
+    metrics,
+    models,
+    openai,
+    playground,
+    search,
+)
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -16,8 +27,10 @@ ROUTERS: list[APIRouter] = [
     models.router,
     embed.router,
     openai.router,
+    collection_views.router,
     collections.router,
     search.router,
+    playground.router,
 ]
 
 __all__ = ["ROUTERS"]

@@ -2,9 +2,10 @@
 
 Upserts take JSON (`UpsertRequest`) or multipart/form-data: `file` (or
 `text`) parts, one `id` field for each in the same order and, optionally, one
-`metadata` field (a JSON object as a string) for each. A whole batch is
-validated and embedded first, then written in one fsynced transaction (in a
-worker thread) before the response: all of it or none.
+`metadata` field (a JSON object as a string) for each, and a `keep_originals`
+field (true or false). A whole batch is validated and embedded first, its
+originals made (see `service.originals`), then written in one fsynced
+transaction (in a worker thread) before the response: all of it or none.
 
 Item ids may hold '/', so item routes end in `{item_id:anypath}` (starlette's
 `path`, but matching line breaks too, so that those get a 400 saying why
@@ -38,6 +39,7 @@ from service.collection_ops import (
     forget_count,
     get_collection,
     prepare_items,
+    prepare_originals,
     refresh_count,
     write_items,
 )
@@ -98,6 +100,10 @@ UPSERT_BODY = {
                             "items": {"type": "string"},
                             "description": "a JSON object per item, in order",
                         },
+                        "keep_originals": {
+                            "type": "boolean",
+                            "description": "keep a small original of each item (default true)",
+                        },
                     },
                 }
             },
@@ -121,19 +127,34 @@ def _form_metadata(values: list[str]) -> list[Any]:
     return out
 
 
-async def read_items(request: Request, settings: Settings) -> list[NewItem]:
-    """The items of an upsert, from JSON or from a multipart form."""
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _form_flag(values: list[str], name: str) -> bool | None:
+    """A true/false form field (the last one given), or None when absent."""
+    if not values:
+        return None
+    value = values[-1].strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise schema_error((name,), "must be true or false")
+    return value in _TRUE
+
+
+async def read_items(request: Request, settings: Settings) -> tuple[list[NewItem], bool | None]:
+    """The items of an upsert, from JSON or from a multipart form, and `keep_originals`."""
     kind = media_type(request)
     if is_form(kind):
         async with read_form(request, part_limit(settings)) as form:
             inputs, fields = await form_inputs(form)
         ids = fields.pop("id", [])
         metadata = _form_metadata(fields.pop("metadata", []))
+        keep = _form_flag(fields.pop("keep_originals", []), "keep_originals")
         if fields:
             raise schema_error(
                 (sorted(fields)[0],),
                 "unexpected form field; an upsert form takes `file` or `text` parts, "
-                "`id` and `metadata` fields",
+                "`id`, `metadata` and `keep_originals` fields",
             )
         if not inputs:
             raise InvalidInput("no items given: send `file` or `text` parts, with an `id` each")
@@ -149,16 +170,18 @@ async def read_items(request: Request, settings: Settings) -> list[NewItem]:
                 f"{len(metadata)} `metadata` fields for {len(inputs)} `file`/`text` parts: give "
                 "none, or one per part in the same order",
             )
-        return [
+        items = [
             NewItem(id=item_id, input=value, metadata=metadata[i] if metadata else None)
             for i, (item_id, value) in enumerate(zip(ids, inputs, strict=True))
         ]
+        return items, keep
     if is_json(kind):
         body = parse_model(UpsertRequest, await request.body())
-        return [
+        items = [
             NewItem(id=item.id, input=item.input, vector=item.vector, metadata=item.metadata)
             for item in body.items
         ]
+        return items, body.keep_originals
     raise unsupported(
         "an upsert",
         f"{JSON_TYPE} or multipart/form-data (`file`/`text` parts with `id` fields)",
@@ -189,9 +212,10 @@ async def upsert_items(
     metrics: MetricsDep,
 ) -> dict[str, Any]:
     coll = get_collection(collections, name)
-    items = await read_items(request, settings)
+    items, keep = await read_items(request, settings)
     prepared = await prepare_items(coll, registry, settings, items)
-    ids = await write_items(coll, prepared, metrics)
+    originals = await prepare_originals(coll, registry, settings, items, keep)
+    ids = await write_items(coll, prepared, metrics, originals)
     return {"upserted": len(ids), "ids": ids}
 
 

@@ -4,7 +4,9 @@ JSON: `SearchRequest` (exactly one of `input` and `vector`). Multipart: one
 `file` or `text` part, with `collection`, `k` and optionally `filter` (a JSON
 object as a string) as form fields. The input is embedded with the
 collection's model through `embed_inputs`; the search itself runs in a worker
-thread. Results are best first, at most `k`, scored by cosine similarity.
+thread. Results are best first, at most `k`, scored by cosine similarity;
+with `with_original`, each also says the media type of the original its item
+keeps (or null), so that a page knows what it can show.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SEARCH_BODY = {
                         "collection": {"type": "string"},
                         "k": {"type": "integer", "default": 10},
                         "filter": {"type": "string", "description": "a JSON object"},
+                        "with_original": {"type": "boolean", "default": False},
                     },
                 }
             },
@@ -106,4 +109,8 @@ async def search(
     query = await query_vector(coll, registry, settings, input=value, vector=vector)
     hits = await asyncio.to_thread(coll.search, query, options.k, where)
     results = [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
+    if options.with_original:
+        kept = await asyncio.to_thread(coll.original_types, [h.id for h in hits])
+        for hit, result in zip(hits, results, strict=True):
+            result["original"] = kept.get(hit.id)
     return OrjsonResponse({"collection": coll.name, "results": results})

@@ -492,3 +492,100 @@ def test_metadata_limit_follows_the_setting(make_client: MakeClient) -> None:
     assert r.status_code == 413 and "limit is 20" in r.json()["detail"]
     items[0]["metadata"] = {"ok": 1}
     assert c.post("/collections/audio/items", json={"items": items}).status_code == 200
+
+
+# -- the 2-D map (PCA) ----------------------------------------------------------------
+
+
+def pca_reference(vectors: np.ndarray) -> np.ndarray:
+    """Coordinates on the two leading principal axes, up to each axis's sign."""
+    centred = vectors - vectors.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T
+
+
+def vector_param(vector: np.ndarray) -> str:
+    return b64(np.asarray(vector, dtype="<f4").tobytes())
+
+
+def test_the_map_is_a_pca_of_the_items(client: TestClient) -> None:
+    client.put("/collections/mapped", json={"model": "text"})
+    rng = np.random.default_rng(7)
+    # three clusters along two directions, so the first two axes hold most of the variance
+    centres = rng.standard_normal((3, 16)) * 3
+    vectors = np.concatenate([c + 0.1 * rng.standard_normal((10, 16)) for c in centres])
+    items = [
+        {"id": f"p{i}", "vector": v.tolist(), "metadata": {"i": i}} for i, v in enumerate(vectors)
+    ]
+    assert client.post("/collections/mapped/items", json={"items": items}).status_code == 200
+
+    r = client.get("/collections/mapped/map")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["collection"] == "mapped" and body["count"] == body["sampled"] == 30
+    assert [p["id"] for p in body["points"]] == [f"p{i}" for i in range(30)]
+    assert body["points"][4]["metadata"] == {"i": 4}
+    got = np.array([[p["x"], p["y"]] for p in body["points"]])
+    want = pca_reference(np.stack([unit(v) for v in vectors]).astype(np.float64))
+    for axis in range(2):  # equal up to the sign of each axis
+        sign = np.sign(got[:, axis] @ want[:, axis])
+        np.testing.assert_allclose(got[:, axis], sign * want[:, axis], atol=1e-4)
+    assert 0.8 < sum(body["explained_variance"]) <= 1.0 + 1e-6
+    components = np.array(body["components"])
+    np.testing.assert_allclose(np.linalg.norm(components, axis=1), [1, 1], atol=1e-5)
+    assert "query" not in body
+
+    # a query vector lands where the same vector as an item does
+    r = client.get("/collections/mapped/map", params={"vector": vector_param(vectors[5] * 4)})
+    query = r.json()["query"]
+    assert query["x"] == pytest.approx(got[5, 0], abs=1e-4)
+    assert query["y"] == pytest.approx(got[5, 1], abs=1e-4)
+    assert r.json()["points"] == body["points"]  # the same picture each time
+
+
+def test_the_map_samples_evenly_up_to_the_limit(make_client: MakeClient) -> None:
+    c = make_client(max_map_points=8)
+    items = [{"id": f"i{n:02d}", "vector": v} for n, v in enumerate(random_vectors(20, seed=2))]
+    assert c.post("/collections/text/items", json={"items": items}).status_code == 200
+    body = c.get("/collections/text/map", params={"limit": 5}).json()
+    assert body["count"] == 20 and body["sampled"] == 5
+    assert [p["id"] for p in body["points"]] == ["i00", "i05", "i10", "i14", "i19"]
+    assert c.get("/collections/text/map", params={"limit": 8}).json()["sampled"] == 8
+    r = c.get("/collections/text/map", params={"limit": 9})
+    assert r.status_code == 422 and "CPC_MAX_MAP_POINTS" in r.json()["detail"]
+    assert c.get("/collections/text/map", params={"limit": 0}).status_code == 422
+    assert c.get("/collections/text/map", params={"limit": "many"}).status_code == 422
+
+
+def test_the_map_of_an_empty_or_tiny_collection(client: TestClient) -> None:
+    client.put("/collections/lonely", json={"model": "text"})
+    query = vector_param(np.ones(16))
+    body = client.get("/collections/lonely/map", params={"vector": query}).json()
+    assert body["points"] == [] and body["count"] == 0 and body["query"] == {"x": 0, "y": 0}
+    one = {"items": [{"id": "only", "vector": random_vectors(1)[0]}]}
+    client.post("/collections/lonely/items", json=one)
+    body = client.get("/collections/lonely/map").json()
+    assert body["points"] == [{"id": "only", "x": 0.0, "y": 0.0, "metadata": {}}]
+    assert body["explained_variance"] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("vector", "status", "words"),
+    [
+        ("not base64!", 400, "base64"),
+        (b64(b"\x00\x00\x80"), 400, "float32"),
+        (vector_param(np.ones(5)), 409, "dim 16"),
+        (vector_param(np.zeros(16)), 400, "all zeros"),
+        (vector_param(np.full(16, np.nan)), 400, "NaN"),
+        ("A" * 50_000, 413, "CPC_MAX_VECTOR_DIM"),
+    ],
+    ids=["not-base64", "not-float32", "wrong-dim", "zeros", "nan", "too-long"],
+)
+def test_bad_map_queries(client: TestClient, vector: str, status: int, words: str) -> None:
+    r = client.get("/collections/text/map", params={"vector": vector})
+    assert r.status_code == status and words in r.json()["detail"], r.text
+
+
+def test_the_map_of_an_unknown_collection(client: TestClient) -> None:
+    assert client.get("/collections/nowhere/map").status_code == 404
+    assert client.get("/collections/Bad!/map").status_code == 400

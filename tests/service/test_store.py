@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidInput, NotFound
-from service.store import CollectionInfo, ItemStore, json_equal
+from service.store import CollectionInfo, ItemStore, Original, json_equal
 
 DIM = 4
 
@@ -141,3 +141,57 @@ def test_json_equal_rules() -> None:
     assert json_equal(1, 1.0) and not json_equal(1, True) and not json_equal(0, False)
     assert json_equal({"a": [1, None]}, {"a": [1.0, None]})
     assert not json_equal("1", 1) and not json_equal(None, 0) and not json_equal([1], [1, 2])
+
+
+# -- originals ----------------------------------------------------------------------
+
+
+def test_originals_are_written_replaced_and_deleted_with_their_items(store: ItemStore) -> None:
+    pic, clip = Original("image/jpeg", b"\xff\xd8jpeg"), Original("audio/wav", b"RIFFwav")
+    store.upsert([("a", vec(1, 0, 0, 0), {}), ("b", vec(0, 1, 0, 0), {})], [pic, None])
+    assert store.get_original("a") == pic and store.get_original("b") is None
+    assert store.original_types(["a", "b", "zz", "a"]) == {"a": "image/jpeg"}
+    store.upsert([("a", vec(0, 0, 1, 0), {})], [clip])
+    assert store.get_original("a") == clip
+    store.upsert([("a", vec(0, 0, 1, 0), {})])  # replaced without one: the old one goes
+    assert store.get_original("a") is None
+    store.upsert([("b", vec(0, 1, 0, 0), {})], [pic])
+    store.delete("b")
+    assert store.get_original("b") is None and store.original_types(["b"]) == {}
+
+
+def test_an_id_twice_in_a_batch_keeps_the_last_original(store: ItemStore) -> None:
+    pic = Original("image/jpeg", b"one")
+    store.upsert([("a", vec(1, 0, 0, 0), {}), ("a", vec(0, 1, 0, 0), {})], [pic, None])
+    assert store.get_original("a") is None
+    store.upsert([("a", vec(1, 0, 0, 0), {}), ("a", vec(0, 1, 0, 0), {})], [None, pic])
+    assert store.get_original("a") == pic
+
+
+def test_a_failed_batch_writes_no_original(store: ItemStore) -> None:
+    with pytest.raises(InvalidInput):
+        store.upsert(
+            [("ok", vec(1, 0, 0, 0), {}), ("x" * 300, vec(0, 1, 0, 0), {})],
+            [Original("text/plain", b"ok"), None],
+        )
+    assert store.get_original("ok") is None and store.count() == 0
+    with pytest.raises(ValueError):
+        store.upsert([("a", vec(1, 0, 0, 0), {})], [])
+
+
+def test_a_store_file_from_before_originals_opens_and_keeps_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = ItemStore.create(path, CollectionInfo("c", "m", DIM, "flat"))
+    old.upsert([("a", vec(1, 0, 0, 0), {"n": 1})])
+    old.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE originals")  # what a file of the previous version holds
+    conn.commit()
+    conn.close()
+    reopened = ItemStore.open(path)
+    try:
+        assert reopened.get("a") is not None and reopened.get_original("a") is None
+        reopened.upsert([("b", vec(0, 1, 0, 0), {})], [Original("text/plain", b"hi")])
+        assert reopened.get_original("b") == Original("text/plain", b"hi")
+    finally:
+        reopened.close()
