@@ -1,6 +1,6 @@
 """The `cpc-embed` command line.
 
-`serve` and `index` live in the service; `data`, `train`, `export` and `eval`
+`serve`, `index` and `embed-folder` live in the service; `data`, `train`, `export` and `eval`
 live in the training package and are imported only when called, so a serving
 install never loads torch. Without torch those subcommands say how to install
 it, in one line, and exit 2.
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-TRAINING_COMMANDS = ("data", "train", "export", "eval")
+TRAINING_COMMANDS = ("data", "train", "export", "quantize", "eval")
 INSTALL_HINT = (
     "cpc-embed {cmd}: needs the `train` extra (torch); install it with "
     "pip install 'cpc-embed[train]' (or `make test`, which does)"
@@ -48,7 +48,14 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
         "writes, so the command refuses to run while one uses the data folder.",
     )
     p.add_argument("collection", metavar="COLLECTION", help="created when it does not exist")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of files")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, metavar="DIR", help="folder of files to embed")
+    source.add_argument(
+        "--vectors",
+        type=Path,
+        metavar="FILE.npz",
+        help="ids and vectors from `cpc-embed embed-folder` (nothing is embedded)",
+    )
     p.add_argument(
         "--metadata",
         type=Path,
@@ -62,12 +69,40 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", type=Path, help="where collections live (default: CPC_DATA_DIR)")
     p.add_argument("--models-dir", type=Path, help="bundles folder (default: CPC_MODELS_DIR)")
-    p.add_argument("--batch", type=int, default=32, help="files per batch and transaction")
+    p.add_argument(
+        "--batch",
+        type=int,
+        help="files (default 32) or, with --vectors, items (default 1024) per transaction",
+    )
+    p.add_argument("--workers", type=int, help="decoding threads (default: one per core, >= 2)")
     p.add_argument("--index", choices=("flat", "ivf"), default="flat", help="for a new collection")
     p.add_argument(
         "--force",
         action="store_true",
         help="write even if a server uses the data dir (then restart the server)",
+    )
+
+
+def _add_embed_folder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed-folder",
+        help="embed every file of a folder offline into a .npz of ids and vectors (resumable)",
+        description="Embed every file of DIR with BUNDLE, in this process (no server), into "
+        "FILE.npz: `ids` (paths relative to DIR), `vectors` (mean-pooled, L2-normalised c), "
+        "`failed_ids`/`failed_reasons` and `meta`. Resumable: a rerun skips what is done. "
+        "`cpc-embed index COLLECTION --vectors FILE.npz` loads it into a collection.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder, or a bundle name")
+    p.add_argument("data", type=Path, metavar="DIR", help="folder of files")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.npz", help="the output")
+    p.add_argument("--models-dir", type=Path, help="bundles folder (default: CPC_MODELS_DIR)")
+    p.add_argument("--batch", type=int, default=32, help="files per onnxruntime call")
+    p.add_argument("--workers", type=int, help="decoding threads (default: one per core, >= 2)")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=2048,
+        help="vectors saved per shard (an interruption loses at most this many)",
     )
 
 
@@ -78,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
     _add_index(sub)
+    _add_embed_folder(sub)
     from training.cli import add_training_commands  # argument parsing only: no torch
 
     add_training_commands(sub)
@@ -140,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from service.indexer import main as index_main
 
         return index_main(args)
+    if args.command == "embed-folder":
+        from service.embed_folder import main as embed_folder_main
+
+        return embed_folder_main(args)
     from training.cli import run_training_command
 
     return run_training_command(args)

@@ -1,11 +1,17 @@
-"""`cpc-embed index COLLECTION --data DIR`: bulk-embed a folder into a collection.
+"""`cpc-embed index COLLECTION --data DIR` (or `--vectors FILE.npz`): bulk-load a collection.
 
 It runs in-process, without a server and without torch: the bundle is loaded
 with `OnnxEncoder` and every file goes through the service's own encode steps
-(`to_raw` → `prepare` → `run` → mean pooling of the context layer → L2
-normalisation), so an item's vector is what `/embed` returns for the file.
-Items are written through `Collection.upsert`, one fsynced transaction per
-batch, so a run that is interrupted loses at most the batch in progress.
+(`service.bulk.FilePipeline`: `to_raw` → `prepare` in decoding threads → `run`
+→ mean pooling of the context layer → L2 normalisation), so an item's vector
+is what `/embed` returns for the file. Items are written through
+`Collection.upsert`, one fsynced transaction per batch, so a run that is
+interrupted loses at most the batch in progress.
+
+With `--vectors FILE.npz`, the vectors come from `cpc-embed embed-folder`
+instead (same ids, same vectors): nothing is embedded, the file's model must
+be a bundle of the models folder, and an existing collection must hold that
+model. Metadata then comes from `--metadata CSV` only.
 
 - Ids are the files' paths relative to DIR, with '/' separators. Hidden files
   and folders, the metadata CSV and DIR/manifest.csv are not indexed.
@@ -32,16 +38,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.batcher import MAX_BATCH_ELEMENTS
+from service.bulk import EmbeddedBatch, FilePipeline, Progress
+from service.bulk_output import VectorFile, VectorFileError, load_vectors
 from service.bundle import BundleSpec, load_bundle_spec
 from service.collections import (
     STORE_FILE,
@@ -54,7 +60,7 @@ from service.collections import (
 )
 from service.config import Settings
 from service.datalock import DataDirBusy, DataDirLock
-from service.encoder import Limits, OnnxEncoder, Prepared
+from service.encoder import Limits, OnnxEncoder
 from service.errors import BundleError, CPCError
 from service.index import set_faiss_threads
 from service.indexer_files import (
@@ -65,8 +71,6 @@ from service.indexer_files import (
     list_files,
     read_metadata,
 )
-from service.inputs import to_raw
-from service.pooling import l2_normalize, pool
 from service.registry import bundle_folders
 from service.store import ItemStore
 
@@ -74,7 +78,8 @@ logger = logging.getLogger(__name__)
 
 _SNIFF_FILES = 256  # files looked at to guess the modality of a folder
 _LOGGED_FAILURES = 20  # failures logged one by one; the rest are only counted
-_LOG_EVERY_S = 5.0
+FILES_BATCH = 32  # default --batch when embedding files: files per onnxruntime call
+VECTORS_BATCH = 1024  # default --batch with --vectors: items per transaction
 
 
 @dataclass
@@ -148,55 +153,14 @@ def existing_model(manager: CollectionManager, name: str) -> str | None:
         store.close()
 
 
-# --- embedding ------------------------------------------------------------------------------
-
-
-def _budget_groups(prepared: list[tuple[int, Prepared]]) -> Iterator[list[tuple[int, Prepared]]]:
-    """Groups of similar shape whose padded batch stays under MAX_BATCH_ELEMENTS values."""
-    ordered = sorted(prepared, key=lambda pair: pair[1].sort_key)
-    group: list[tuple[int, Prepared]] = []
-    for pair in ordered:
-        size = int(np.prod(pair[1].array.shape))
-        if group and size * (len(group) + 1) > MAX_BATCH_ELEMENTS:
-            yield group
-            group = []
-        group.append(pair)
-    if group:
-        yield group
-
-
-class Progress:
-    """A tqdm bar when tqdm is installed, else a log line every few seconds."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.done = total, desc, 0
-        self._last = time.monotonic()
-        self._bar: Any = None
-        try:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc=desc, unit="file")
-        except ImportError:
-            logger.info("%s: %d file(s) to embed", desc, total)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-        elif time.monotonic() - self._last >= _LOG_EVERY_S or self.done >= self.total:
-            self._last = time.monotonic()
-            logger.info("%s: %d/%d files", self.desc, self.done, self.total)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+# --- writing ---------------------------------------------------------------------------------
 
 
 class Indexer:
-    """Embeds files with one bundle and writes them to one open collection."""
+    """Writes embedded items to one open collection, counting what fails."""
 
-    def __init__(self, encoder: OnnxEncoder, coll: Collection, report: IndexReport) -> None:
-        self.encoder, self.coll, self.report = encoder, coll, report
+    def __init__(self, coll: Collection, report: IndexReport) -> None:
+        self.coll, self.report = coll, report
 
     def fail(self, name: str, why: str) -> None:
         self.report.failed += 1
@@ -204,40 +168,40 @@ class Indexer:
             self.report.failures.append(f"{name}: {why}")
             logger.warning("skipping %s: %s", name, why)
 
-    def _prepare(self, path: Path, name: str) -> Prepared | None:
-        try:
-            raw = to_raw(path.read_bytes(), 0, self.encoder.modality, self.encoder.name)
-            return self.encoder.prepare(raw)
-        except OSError as exc:
-            self.fail(name, f"cannot read it ({exc.strerror or exc})")
-        except CPCError as exc:
-            detail = exc.detail
-            self.fail(name, "it " + detail[8:] if detail.startswith("input 0 ") else detail)
-        return None
-
-    def run_batch(self, batch: Sequence[tuple[str, Path]], metadata: dict[str, Any]) -> None:
-        """Embed and write one batch (one store transaction)."""
-        prepared = [
-            (i, p) for i, (name, path) in enumerate(batch) if (p := self._prepare(path, name))
-        ]
-        vectors: dict[int, np.ndarray] = {}
-        for group in _budget_groups(prepared):
-            outputs = self.encoder.run([p for _, p in group])
-            for (i, _), (_, c) in zip(group, outputs, strict=True):
-                vectors[i] = l2_normalize(pool(c, "mean"))
+    def write(self, named: Sequence[tuple[str, np.ndarray]], metadata: dict[str, Any]) -> None:
+        """Upsert `(id, vector)` items with their metadata (one store transaction)."""
         items = []
-        for i in sorted(vectors):
-            name = batch[i][0]
+        for name, vector in named:
             try:
                 meta = validate_metadata(metadata.get(name), self.coll.max_metadata_bytes)
-                items.append(
-                    (name, prepare_vector(vectors[i], self.coll.dim, self.coll.name), meta)
-                )
+                items.append((name, prepare_vector(vector, self.coll.dim, self.coll.name), meta))
             except CPCError as exc:
                 self.fail(name, exc.detail)
         if items:
             self.coll.upsert(items)
             self.report.added += len(items)
+
+    def write_batch(self, result: EmbeddedBatch, metadata: dict[str, Any]) -> None:
+        """Record the failures of one embedded batch and write its vectors."""
+        for name, why in result.failures:
+            self.fail(name, why)
+        named = [(result.names[i], v) for i, v in sorted(result.vectors.items())]
+        self.write(named, metadata)
+
+    def todo(self, names: Sequence[str]) -> list[int]:
+        """Positions of the valid ids not stored yet (the others are counted)."""
+        out = []
+        for i, name in enumerate(names):
+            try:
+                validate_item_id(name)
+            except CPCError as exc:
+                self.fail(name[:80], exc.detail)
+                continue
+            if self.coll.store.get(name) is not None:
+                self.report.skipped += 1
+            else:
+                out.append(i)
+        return out
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -245,27 +209,46 @@ class Indexer:
 
 def run_index(
     collection: str,
-    data: Path,
+    data: Path | None,
     *,
     settings: Settings,
     metadata_csv: Path | None = None,
     model: str | None = None,
-    batch: int = 32,
+    batch: int | None = None,
     index: str = "flat",
     force: bool = False,
+    vectors: Path | None = None,
+    workers: int | None = None,
 ) -> IndexReport:
-    """Embed every file of `data` that is not stored yet into `collection`."""
+    """Embed every file of `data` (or take every vector of `vectors`) not stored yet."""
     validate_collection_name(collection)
+    if (data is None) == (vectors is None):
+        raise IndexerError("give either --data DIR or --vectors FILE.npz")
+    batch = batch or (FILES_BATCH if vectors is None else VECTORS_BATCH)
     if batch < 1:
         raise IndexerError("--batch must be at least 1")
-    if not data.is_dir():
-        raise IndexerError(f"{data}: not a folder")
-    if metadata_csv is None and (data / MANIFEST).is_file():
-        metadata_csv = data / MANIFEST
+    files: list[Path] = []
+    loaded: VectorFile | None = None
+    if data is not None:
+        if not data.is_dir():
+            raise IndexerError(f"{data}: not a folder")
+        if metadata_csv is None and (data / MANIFEST).is_file():
+            metadata_csv = data / MANIFEST
     metadata = read_metadata(metadata_csv) if metadata_csv is not None else {}
-    files = list_files(data, exclude=[data / MANIFEST, *([metadata_csv] if metadata_csv else [])])
-    if not files:
-        raise IndexerError(f"{data}: no files to index")
+    if data is not None:
+        files = list_files(
+            data, exclude=[data / MANIFEST, *([metadata_csv] if metadata_csv else [])]
+        )
+        if not files:
+            raise IndexerError(f"{data}: no files to index")
+    if vectors is not None:
+        try:
+            loaded = load_vectors(vectors)
+        except VectorFileError as exc:
+            raise IndexerError(str(exc)) from exc
+        if model is not None and model != loaded.model:
+            raise IndexerError(f"{vectors} holds vectors of model '{loaded.model}', not '{model}'")
+        model = loaded.model
     set_faiss_threads(1)
     lock = DataDirLock(settings.data_dir, exclusive=True)
     if force:
@@ -276,82 +259,98 @@ def run_index(
     else:
         lock.acquire()
     try:
-        return _run_locked(collection, data, files, metadata, settings, model, batch, index)
+        job = _Job(collection, metadata, settings, model, batch, index, workers)
+        if loaded is not None:
+            return job.load_vectors(loaded)
+        assert data is not None
+        return job.embed_files(data, files)
     finally:
         lock.release()
 
 
-def _run_locked(
-    collection: str,
-    data: Path,
-    files: list[Path],
-    metadata: dict[str, dict[str, str]],
-    settings: Settings,
-    model: str | None,
-    batch: int,
-    index: str,
-) -> IndexReport:
-    manager = CollectionManager(settings.data_dir, max_metadata_bytes=settings.max_metadata_bytes)
-    stored_model = existing_model(manager, collection)
-    if stored_model is not None and model is not None and model != stored_model:
-        raise IndexerError(
-            f"collection '{collection}' holds vectors of model '{stored_model}', not '{model}'"
-        )
-    folder, spec = choose_bundle(settings.models_dir, files, model or stored_model)
-    encoder = OnnxEncoder.load(
-        folder,
-        Limits.from_settings(settings),
-        intra_op_threads=settings.intra_op_threads,
-        use_quantized=settings.use_quantized,
-    )
-    coll = open_collection(manager, collection, spec, index)
-    try:
-        return _index_files(encoder, coll, data, files, metadata, batch)
-    finally:
-        coll.close()
+@dataclass
+class _Job:
+    """One locked run of the command: which collection, model and options."""
 
+    collection: str
+    metadata: dict[str, dict[str, str]]
+    settings: Settings
+    model: str | None
+    batch: int
+    index: str
+    workers: int | None
 
-def _index_files(
-    encoder: OnnxEncoder,
-    coll: Collection,
-    data: Path,
-    files: list[Path],
-    metadata: dict[str, dict[str, str]],
-    batch: int,
-) -> IndexReport:
-    if coll.dim != encoder.spec.dims.context:
-        raise IndexerError(
-            f"collection '{coll.name}' has dim {coll.dim}, model '{encoder.name}' gives "
-            f"{encoder.spec.dims.context}: delete the collection or index into another one"
+    def _choose(self, files: Sequence[Path]) -> tuple[CollectionManager, Path, BundleSpec]:
+        manager = CollectionManager(
+            self.settings.data_dir, max_metadata_bytes=self.settings.max_metadata_bytes
         )
-    report = IndexReport(coll.name, encoder.name, files=len(files))
-    indexer = Indexer(encoder, coll, report)
-    todo: list[tuple[str, Path]] = []
-    for path in files:
-        name = item_id(path, data)
+        stored_model = existing_model(manager, self.collection)
+        if stored_model is not None and self.model is not None and self.model != stored_model:
+            raise IndexerError(
+                f"collection '{self.collection}' holds vectors of model '{stored_model}', "
+                f"not '{self.model}'"
+            )
+        folder, spec = choose_bundle(self.settings.models_dir, files, self.model or stored_model)
+        return manager, folder, spec
+
+    def embed_files(self, data: Path, files: list[Path]) -> IndexReport:
+        manager, folder, spec = self._choose(files)
+        encoder = OnnxEncoder.load(
+            folder,
+            Limits.from_settings(self.settings),
+            intra_op_threads=self.settings.intra_op_threads,
+            use_quantized=self.settings.use_quantized,
+        )
+        coll = open_collection(manager, self.collection, spec, self.index)
         try:
-            validate_item_id(name)
-        except CPCError as exc:
-            indexer.fail(name[:80], exc.detail)
-            continue
-        if coll.store.get(name) is not None:
-            report.skipped += 1
-        else:
-            todo.append((name, path))
-    progress = Progress(len(todo), f"index {coll.name}")
-    try:
-        for start in range(0, len(todo), batch):
-            chunk = todo[start : start + batch]
-            indexer.run_batch(chunk, metadata)
-            progress.update(len(chunk))
-    finally:
-        progress.close()
+            _check_dim(coll, encoder.name, encoder.spec.dims.context)
+            report = IndexReport(coll.name, encoder.name, files=len(files))
+            indexer = Indexer(coll, report)
+            names = [item_id(path, data) for path in files]
+            todo = [(names[i], files[i]) for i in indexer.todo(names)]
+            progress = Progress(len(todo), f"index {coll.name}", log=logger)
+            try:
+                for result in FilePipeline(encoder, self.workers).batches(todo, self.batch):
+                    indexer.write_batch(result, self.metadata)
+                    progress.update(len(result.names))
+            finally:
+                progress.close()
+            return _finish(report, coll)
+        finally:
+            coll.close()
+
+    def load_vectors(self, loaded: VectorFile) -> IndexReport:
+        manager, _, spec = self._choose([])
+        coll = open_collection(manager, self.collection, spec, self.index)
+        try:
+            _check_dim(coll, spec.name, loaded.dim)
+            report = IndexReport(coll.name, spec.name, files=len(loaded.ids))
+            indexer = Indexer(coll, report)
+            todo = indexer.todo(loaded.ids)
+            for start in range(0, len(todo), self.batch):
+                chunk = todo[start : start + self.batch]
+                named = [(loaded.ids[i], loaded.vectors[i]) for i in chunk]
+                indexer.write(named, self.metadata)
+            return _finish(report, coll)
+        finally:
+            coll.close()
+
+
+def _check_dim(coll: Collection, model: str, dim: int) -> None:
+    if coll.dim != dim:
+        raise IndexerError(
+            f"collection '{coll.name}' has dim {coll.dim}, model '{model}' gives "
+            f"{dim}: delete the collection or index into another one"
+        )
+
+
+def _finish(report: IndexReport, coll: Collection) -> IndexReport:
     report.count = coll.count()
     logger.info(
         "collection '%s' (model %s): added %d, skipped %d already stored, %d failed; "
         "it holds %d items",
         coll.name,
-        encoder.name,
+        report.model,
         report.added,
         report.skipped,
         report.failed,
@@ -377,6 +376,8 @@ def main(args: argparse.Namespace) -> int:
             batch=args.batch,
             index=args.index,
             force=args.force,
+            vectors=args.vectors,
+            workers=args.workers,
         )
     except (IndexerError, DataDirBusy, BundleError, CPCError) as exc:
         logger.error("cpc-embed index: %s", getattr(exc, "detail", exc))

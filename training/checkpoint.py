@@ -2,8 +2,12 @@
 
 A checkpoint holds the model, the CPC criterion (the W_k heads), optimizer and
 scheduler state, the step, every RNG state (Python, NumPy's sampling generator,
-torch) and the full config, so `--resume` continues bit for bit and `export`
-needs nothing but the run folder.
+torch, and the GPU's when training on one) and the full config, so `--resume`
+continues bit for bit and `export` needs nothing but the run folder.
+
+Data-parallel runs save the same thing from rank 0: the weights of the bare
+model (no DistributedDataParallel wrapper), and generator states that every
+rank shares, so a checkpoint resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -19,18 +23,26 @@ import torch
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def capture_rng(np_rng: np.random.Generator) -> dict[str, Any]:
-    return {
+def capture_rng(np_rng: np.random.Generator, device: torch.device | None = None) -> dict[str, Any]:
+    state = {
         "python": random.getstate(),
         "numpy": np_rng.bit_generator.state,
         "torch": torch.get_rng_state(),
     }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def restore_rng(state: dict[str, Any], np_rng: np.random.Generator) -> None:
+def restore_rng(
+    state: dict[str, Any], np_rng: np.random.Generator, device: torch.device | None = None
+) -> None:
+    """Restore the generators; a GPU's state applies only when resuming on a GPU."""
     random.setstate(state["python"])
     np_rng.bit_generator.state = state["numpy"]
     torch.set_rng_state(state["torch"])
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:

@@ -1,7 +1,9 @@
-"""Training subcommands of `cpc-embed`: train and export.
+"""Training subcommands of `cpc-embed`: train, export and quantize.
 
 Importing this module needs no torch (it only declares arguments); the
-commands import torch when they run.
+commands import torch when they run. `train` runs unchanged under torchrun
+(one process per GPU or per CPU share, see `training.distributed`); `export`
+started by torchrun runs on rank 0 only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from training.config import MODALITIES, PRESETS, load_config
 from training.data import DataError
+from training.quantize import CalibrationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +41,37 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="train only on this split of the folder's manifest.csv")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: a GPU when torch sees one, else the CPU (under torchrun: one GPU per process)",
+    )
 
     e = sub.add_parser("export", help="export a run to an ONNX model bundle")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. models/audio")
     e.add_argument("--name", help="bundle name (default: the folder's name)")
-    e.add_argument("--quantize", action="store_true", help="add a uint8-weight quantized model")
+    e.add_argument(
+        "--quantize", action="store_true", help="add an int8 copy (model.quant.onnx), calibrated"
+    )
+    e.add_argument(
+        "--calibration-data",
+        type=Path,
+        help="files to calibrate the int8 copy on (default: the run's training data folder)",
+    )
+
+    q = sub.add_parser(
+        "quantize", help="add (or rebuild) the int8 copy of a bundle, calibrated on a folder"
+    )
+    q.add_argument("bundle", type=Path, help="bundle folder, e.g. models/audio")
+    q.add_argument("--data", required=True, type=Path, help="files of the model's modality")
+    q.add_argument(
+        "--min-cosine",
+        type=float,
+        default=CalibrationConfig.min_cosine,
+        help="refuse a copy whose pooled vectors agree less with fp32 on held-out files",
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -61,16 +89,43 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         steps=args.steps,
         progress=not args.no_progress,
+        device=args.device,
     )
     logger.info("done: %d steps; checkpoint and curves in %s", trainer.step_count, args.out)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    import os
+
+    from training.distributed import rank_from_env
     from training.export import export_run
 
-    result = export_run(args.run_dir, args.out, name=args.name, quantize_weights=args.quantize)
+    if not rank_from_env(os.environ).is_main:
+        return 0  # under torchrun: rank 0 exports, the others have nothing to do
+
+    result = export_run(
+        args.run_dir,
+        args.out,
+        name=args.name,
+        quantize_weights=args.quantize,
+        calibration_data=args.calibration_data,
+    )
     logger.info("bundle %s written to %s", result.spec.name, args.out)
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from training.export import add_quantized_copy
+
+    calibration = CalibrationConfig(min_cosine=args.min_cosine)
+    spec = add_quantized_copy(args.bundle, args.data, calibration)
+    logger.info(
+        "%s/%s written: cosine to fp32 >= %.5f",
+        args.bundle,
+        spec.onnx.quantized_file,
+        spec.metrics["quantized_min_cosine"],
+    )
     return 0
 
 
@@ -78,15 +133,17 @@ def run_training_command(args: argparse.Namespace) -> int:
     from training.corpora.cli import run_data_command
     from training.eval_cli import run_eval_command
     from training.export import ExportError
+    from training.quantize import QuantizeError
 
     handlers = {
         "train": _train,
         "export": _export,
+        "quantize": _quantize,
         "data": run_data_command,
         "eval": run_eval_command,
     }
     try:
         return handlers[args.command](args)
-    except (DataError, ExportError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ExportError, QuantizeError, ValueError, FileNotFoundError) as exc:
         sys.stderr.write(f"cpc-embed {args.command}: error: {exc}\n")
         return 1

@@ -58,11 +58,16 @@ class LossConfig:
     min_step: int = 1  # first k; 2 for images skips the overlapping adjacent row
     negatives: Literal["batch", "sequence"] = "batch"  # from every sequence, or only the same one
     num_negatives: int | None = None  # sample this many per prediction; None uses all candidates
+    # With several processes (torchrun), negatives="batch" draws from every process's
+    # sequences (an all-gather with gradients), so N and the loss are those of one process
+    # with the same global batch; False keeps each process to its own (less traffic).
+    cross_rank_negatives: bool = True
 
 
 @dataclass
 class OptimConfig:
-    batch_size: int = 8  # sequences (crops, images, sentence windows) per step
+    batch_size: int = 8  # sequences (crops, images, sentence windows) per step, over all
+    # processes: with torchrun each of R processes trains on batch_size / R of them
     lr: float = 2e-4  # Adam, as in the paper
     weight_decay: float = 0.0  # AdamW decay
     warmup_steps: int = 100  # linear warm-up, then constant lr (the paper's Adam schedule),
@@ -90,7 +95,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0  # seeds Python, NumPy and torch; crops and negatives follow from it
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast if the CPU has it
+    # auto: bf16 autocast where the device computes bf16 natively (CPUs with AVX512-BF16 or
+    # AMX, GPUs from Ampere on); fp32: never (bit-comparable runs); bf16: always
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     log_every: int = 10  # steps between progress/curve rows
     checkpoint_every: int = 200  # steps between checkpoints (and at the end)
     preset: str = "default"  # which preset the config started from

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from service.encoder import OnnxEncoder, Prepared
@@ -126,6 +125,8 @@ class _Reader:
 
 def first_conv(model_path: Path) -> str | None:
     """The name of the first convolution in graph order (the one reading the input)."""
+    import onnx  # the train extra's; this module is imported by the CLI's argument parser
+
     graph = onnx.load(str(model_path)).graph
     return next((n.name for n in graph.node if n.op_type == "Conv"), None)
 

@@ -122,3 +122,53 @@ def test_train_then_export_from_the_command_line(corpora: dict[str, Path], tmp_p
     spec = load_bundle_spec(tmp_path / "bundle")
     assert spec.modality == "text" and spec.metrics["step"] == 3
     assert (tmp_path / "bundle" / "tokenizer.json").is_file()
+    assert spec.onnx.quantized_file is None
+
+    bundle, data = str(tmp_path / "bundle"), str(corpora["text"])
+    assert main(["quantize", bundle, "--data", data, "--min-cosine", "0.9"]) == 0
+    spec = load_bundle_spec(tmp_path / "bundle")
+    assert spec.onnx.quantized_file == "model.quant.onnx"
+    assert spec.metrics["quantized_min_cosine"] >= 0.9
+    assert spec.metrics["quantization"]["calibration_data"] == data
+
+
+def test_quantize_below_the_bound_is_one_line_exit_1(
+    corpora: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.training.tiny import tiny_config
+    from training.export import export_model
+    from training.models.cpc import build_model
+
+    cfg = tiny_config("image")
+    export_model(build_model(cfg), cfg, tmp_path / "b", name="b")
+    code = main(
+        ["quantize", str(tmp_path / "b"), "--data", str(corpora["image"]), "--min-cosine", "1.5"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("cpc-embed quantize: error:") and "it was not kept" in err
+    assert not (tmp_path / "b" / "model.quant.onnx").exists()
+
+
+def test_device_cuda_without_a_gpu_is_one_line(
+    corpora: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = ["train", "--modality", "audio", "--data", str(corpora["audio"])]
+    code = main([*args, "--out", str(tmp_path / "run"), "--device", "cuda", "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: --device cuda, but torch sees no CUDA GPU" in err and "Traceback" not in err
+
+
+def test_export_under_torchrun_runs_on_rank_0_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    # Rank 1 returns before reading anything: no run folder is needed.
+    assert main(["export", str(tmp_path / "missing-run"), "--out", str(tmp_path / "b")]) == 0
+    assert not (tmp_path / "b").exists()

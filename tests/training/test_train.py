@@ -110,3 +110,15 @@ def test_window_longer_than_every_file(tmp_path: Path) -> None:
     data = make_audio_folder(tmp_path / "data", files=2, seconds=0.1)
     with pytest.raises(DataError, match="longer than every file"):
         load_datasets(tiny_config("audio"), data, tmp_path / "run")
+
+
+def test_bf16_autocast_trains_on_the_cpu_with_an_fp32_loss(
+    corpora: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = tiny_config("audio")
+    cfg.precision = "bf16"  # forced: this CPU may lack native bf16, autocast still works
+    trainer = build_trainer(cfg, load_datasets(cfg, corpora["audio"], tmp_path))
+    assert trainer.amp == torch.bfloat16
+    out = trainer.step()
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
