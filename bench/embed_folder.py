@@ -134,9 +134,9 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 NOTE = (
-    "Noisy: one short run of each on a 2-core machine shared with other people's work. "
-    "Both sides decode and run the same onnxruntime model on the same files; the service "
-    "also pays for HTTP, JSON and base64, and its load generator shares the two cores."
+    "One short run of each. Both sides decode and run the same onnxruntime model on the same "
+    "files; the service also pays for HTTP, JSON and base64, and its load generator shares "
+    "the two cores."
 )
 
 

@@ -138,15 +138,11 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 NOTE = (
-    "Noisy: short runs (a few steps per window) on a 2-core machine that other people were "
-    "using at the same time (see the load averages: 8 to 12 runnable threads on 2 cores "
-    "during this run, which hurts a process whose two OpenMP threads must meet at every "
-    "operation far more than single-threaded ones; on an idle machine `bench.train_throughput` "
-    "measured 20.6 / 71.6 / 1871 examples/s with 1 x 2). On 2 cores, two processes have no more "
-    "compute than one process with two threads; what the comparison shows is the cost of "
-    "DistributedDataParallel (gradient all-reduce, negatives gathered across ranks, every "
-    "rank drawing the global batch) against intra-op threading, which is what a "
-    "multi-GPU or multi-machine run pays on top of its speed-up."
+    "Short runs (a few steps per window); the load average column says how busy the machine "
+    "was. On 2 cores, two processes have no more compute than one process with two threads; "
+    "what the comparison shows is the cost of DistributedDataParallel (gradient all-reduce, "
+    "negatives gathered across ranks, every rank drawing the global batch) against intra-op "
+    "threading, which is what a multi-GPU or multi-machine run pays on top of its speed-up."
 )
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from service.index import fsync_dir
+
 FORMAT = "cpc-embed-vectors-1"
 SUFFIX = ".npz"
 
@@ -53,14 +55,6 @@ class VectorFile:
         return int(self.vectors.shape[1])
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write `arrays` to `path` atomically: a temporary file, fsync, rename."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -69,7 +63,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _strings(values: list[str]) -> np.ndarray:

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench import embed, memory
+from bench import embed, memory, search
 from bench.serving import ServiceProcess, batch_histogram, closed_loop, latency_ms, scrape
 from bench.workloads import random_input, request_body, typical_inputs
 from tests.training.tiny import LENIENT, tiny_config
@@ -176,3 +176,20 @@ def test_service_process_reports_a_failed_start(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="did not become ready"):
         service.start()
     assert service.stop() is None  # already stopped and cleaned up
+
+
+def test_search_benchmark_runs_and_judges_the_largest_size(tmp_path: Path) -> None:
+    args = ["--sizes", "2000", "--dim", "16", "--centres", "20", "--queries", "50"]
+    search.main([*args, "--nlist", "16", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "search.json").read_text(encoding="utf-8"))
+    rows = {r["index"]: r for r in report["results"]}
+    assert rows["flat"]["recall_at_10"] == 1.0 and rows["ivf"]["trained"]
+    assert 0.5 < rows["ivf"]["recall_at_10"] <= 1.0 and rows["ivf"]["qps_single"] > 0
+    assert [n for n, _, _ in search.speedups(report["results"])] == [2000]
+    md = (tmp_path / "search.md").read_text(encoding="utf-8")
+    assert "- 2,000 vectors:" in md and "target" not in md.split("- 2,000 vectors:")[1]
+    big = [{**r, "n": 1_000_000} for r in report["results"]]
+    verdict = search.to_markdown({**report, "results": big}).splitlines()[-1]
+    flat, ivf = rows["flat"]["qps_single"], rows["ivf"]["qps_single"]
+    good = ivf / flat >= 5 and rows["ivf"]["recall_at_10"] >= 0.95
+    assert verdict.endswith("(target met)" if good else "(target NOT met)")
