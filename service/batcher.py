@@ -11,9 +11,10 @@ onnxruntime call in a worker thread and resolves each caller's future.
 Inputs whose caller has gone away (cancelled) are skipped. A batch of long
 inputs (minutes of audio) is split so that one call never pads more than
 `MAX_BATCH_ELEMENTS` input values, which bounds the memory of a call. With
-`release_memory`, the worker hands freed memory back to the system once its
-queue has run empty (at most every `RELEASE_EVERY_S`), so a rare large batch
-does not keep the resident size at its peak.
+`release_memory`, the worker shrinks the model's arena and hands freed memory
+back to the system once its queue has run empty (at most every
+`RELEASE_EVERY_S`), so a rare large batch does not keep the resident size at
+its peak.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class DynamicBatcher:
             if delay <= 0:
                 self._release_pending = False
                 self._released_at = loop.time()
-                await asyncio.to_thread(release_free_memory)
+                await asyncio.to_thread(self._release)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), delay)
@@ -198,6 +199,10 @@ class DynamicBatcher:
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
                 entry.future.set_result(result)
+
+    def _release(self) -> None:
+        self.encoder.release_arena()
+        release_free_memory()
 
     @staticmethod
     def _settle(batch: list[_Entry], exc: BaseException) -> None:

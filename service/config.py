@@ -93,8 +93,9 @@ class Settings(BaseSettings):
     )
     release_memory: bool = Field(
         default=True,
-        description="after each inference call, return memory beyond onnxruntime's first "
-        "arena chunk, so a rare large batch does not raise the resident size for good",
+        description="once a model's queue is empty, shrink its onnxruntime arena and return "
+        "free memory to the system, so a rare large batch does not raise the resident size for "
+        "good",
     )
     use_quantized: bool = Field(
         default=False, description="serve model.quant.onnx when a bundle ships one"

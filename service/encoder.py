@@ -103,7 +103,6 @@ class OnnxEncoder:
     limits: Limits = field(default_factory=Limits)
     tokenizer: TextTokenizer | None = None
     model_file: str = "model.onnx"
-    run_options: ort.RunOptions | None = None
 
     @classmethod
     def load(
@@ -114,7 +113,6 @@ class OnnxEncoder:
         intra_op_threads: int = 0,
         use_quantized: bool = False,
         spinning: bool = False,
-        release_memory: bool = False,
     ) -> OnnxEncoder:
         """Read and check a bundle folder; BundleError names the file at fault."""
         folder = Path(folder)
@@ -136,14 +134,7 @@ class OnnxEncoder:
             tokenizer = TextTokenizer.from_file(
                 folder / spec.preprocess.tokenizer_file, spec.preprocess
             )
-        run_options = None
-        if release_memory:
-            # The arena keeps what the largest call needed; shrinking after each
-            # call hands memory beyond its first chunk back (a rare long input
-            # would otherwise raise the resident size for good).
-            run_options = ort.RunOptions()
-            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        return cls(spec, folder, session, limits or Limits(), tokenizer, model_file, run_options)
+        return cls(spec, folder, session, limits or Limits(), tokenizer, model_file)
 
     @classmethod
     def from_settings(
@@ -159,7 +150,6 @@ class OnnxEncoder:
             intra_op_threads=settings.intra_op_threads,
             use_quantized=settings.use_quantized if quantized is None else quantized,
             spinning=settings.onnx_spinning,
-            release_memory=settings.release_memory,
         )
 
     @property
@@ -236,9 +226,7 @@ class OnnxEncoder:
             return []
         onnx = self.spec.onnx
         z, c = self.session.run(
-            [onnx.encoder_output, onnx.context_output],
-            {onnx.input: self.collate(prepared)},
-            self.run_options,
+            [onnx.encoder_output, onnx.context_output], {onnx.input: self.collate(prepared)}
         )
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for i, p in enumerate(prepared):
@@ -255,6 +243,20 @@ class OnnxEncoder:
                 )
             )
         return out
+
+    def release_arena(self) -> None:
+        """Hand the arena memory no call is using back (between batches, when idle).
+
+        onnxruntime's arena keeps what the largest call needed. It can shrink
+        only at the end of a call, and a batch's own outputs still hold their
+        chunk then; so a small call with shrinking on, once the last batch's
+        outputs are gone, frees every chunk but the first.
+        """
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        onnx = self.spec.onnx
+        batch = self.collate([self.warmup_input()])
+        self.session.run([onnx.context_output], {onnx.input: batch}, options)
 
     # -- warm-up and description ------------------------------------------------
 

@@ -6,11 +6,14 @@ import asyncio
 import ctypes
 import platform
 
+import numpy as np
 import pytest
 
 from service import allocator, batcher
 from service.batcher import DynamicBatcher
+from service.encoder import OnnxEncoder
 from service.metrics import Metrics
+from tests.service.conftest import TinyBundle, audio_bytes
 from tests.service.test_batching import FakeEncoder, item
 
 glibc = pytest.mark.skipif(
@@ -51,14 +54,28 @@ def test_an_idle_batcher_releases_memory_once_after_work(monkeypatch: pytest.Mon
     monkeypatch.setattr(batcher, "release_free_memory", counted)
     monkeypatch.setattr(batcher, "RELEASE_EVERY_S", 0.05)
 
-    async def scenario(release: bool) -> int:
+    async def scenario(release: bool) -> tuple[int, int]:
         calls.clear()
-        b = DynamicBatcher(FakeEncoder(), Metrics(), release_memory=release)  # type: ignore[arg-type]
+        encoder = FakeEncoder()
+        b = DynamicBatcher(encoder, Metrics(), release_memory=release)  # type: ignore[arg-type]
         b.start()
         await asyncio.gather(b.submit([item(3)]), b.submit([item(4)]))
         await asyncio.sleep(0.3)  # idle for six release periods: still one release
         await b.stop()
-        return len(calls)
+        return len(calls), encoder.releases
 
-    assert asyncio.run(scenario(True)) == 1
-    assert asyncio.run(scenario(False)) == 0
+    assert asyncio.run(scenario(True)) == (1, 1)
+    assert asyncio.run(scenario(False)) == (0, 0)
+
+
+def test_release_arena_leaves_the_model_answering_the_same(
+    tiny_bundles: dict[str, TinyBundle],
+) -> None:
+    encoder = OnnxEncoder.load(tiny_bundles["audio"].folder)
+    small = encoder.prepare(audio_bytes(0.5))
+    long = [encoder.prepare(audio_bytes(4.0, freq=300 + 50 * i)) for i in range(8)]
+    (_, before), *_ = encoder.run([small])
+    encoder.run(long)  # grows the arena
+    encoder.release_arena()
+    (_, after), *_ = encoder.run([small])
+    np.testing.assert_array_equal(before, after)

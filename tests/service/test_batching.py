@@ -94,6 +94,7 @@ class FakeEncoder:
         self.batches: list[list[int]] = []
         self.delay = delay
         self.started = threading.Event()
+        self.releases = 0
 
     def run(self, prepared: list[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
         self.started.set()
@@ -101,6 +102,9 @@ class FakeEncoder:
             threading.Event().wait(self.delay)
         self.batches.append([int(p.array.shape[0]) for p in prepared])
         return [(p.array[:, None], p.array[:, None]) for p in prepared]
+
+    def release_arena(self) -> None:
+        self.releases += 1
 
 
 def item(n: int) -> Prepared:
