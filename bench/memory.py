@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
+from bench.rawhttp import RawHttpClient
 from bench.serving import (
     LoadResult,
     ServiceProcess,
@@ -86,7 +86,7 @@ async def drive(service: ServiceProcess, args: argparse.Namespace) -> dict[str, 
     failed = 0
     timed_out = False
 
-    async def send(client: httpx.AsyncClient, count: int, first: int) -> LoadResult:
+    async def send(client: RawHttpClient, count: int, first: int) -> LoadResult:
         nonlocal failed, timed_out
         left = deadline - time.monotonic()
         if left <= 0:

@@ -32,10 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
+
+from bench.rawhttp import RawHttpClient, RawHttpError
 
 logger = logging.getLogger(__name__)
 
@@ -287,16 +289,23 @@ class LoadResult:
         }
 
 
-def make_client(base_url: str, concurrency: int, timeout_s: float = 60.0) -> httpx.AsyncClient:
-    """An async client with one keep-alive connection per concurrent client."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(
-        base_url=base_url, limits=limits, timeout=timeout_s, headers=auth_headers()
-    )
+def make_client(base_url: str, concurrency: int, timeout_s: float = 60.0) -> RawHttpClient:
+    """The load generator's client: one keep-alive connection per concurrent client.
+
+    `bench.rawhttp`, not httpx: httpx's own CPU would be taken from the service
+    under test on a machine this small.
+    """
+    return RawHttpClient(base_url, concurrency, headers=auth_headers(), timeout_s=timeout_s)
+
+
+class PostClient(Protocol):
+    """What `closed_loop` needs of a client (RawHttpClient and httpx.AsyncClient both fit)."""
+
+    async def post(self, path: str, *, content: bytes, headers: dict[str, str]) -> Any: ...
 
 
 async def closed_loop(
-    client: httpx.AsyncClient,
+    client: PostClient,
     path: str,
     body_for: Callable[[int], bytes],
     *,
@@ -327,7 +336,7 @@ async def closed_loop(
             started = time.perf_counter()
             try:
                 response = await client.post(path, content=body, headers=JSON_HEADERS)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, RawHttpError) as exc:
                 _failed(result, f"request {index}: {type(exc).__name__}: {exc}")
                 continue
             if response.status_code == 200:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from bench import embed, memory, search
+from bench.rawhttp import RawHttpClient, RawHttpError
 from bench.serving import ServiceProcess, batch_histogram, closed_loop, latency_ms, scrape
 from bench.workloads import random_input, request_body, typical_inputs
 from tests.training.tiny import LENIENT, tiny_config
@@ -193,3 +195,44 @@ def test_search_benchmark_runs_and_judges_the_largest_size(tmp_path: Path) -> No
     flat, ivf = rows["flat"]["qps_single"], rows["ivf"]["qps_single"]
     good = ivf / flat >= 5 and rows["ivf"]["recall_at_10"] >= 0.95
     assert verdict.endswith("(target met)" if good else "(target NOT met)")
+
+
+def test_raw_http_client_reuses_connections_and_frames_replies() -> None:
+    accepted: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            body = await reader.readexactly(length)
+            if head.startswith(b"GET /no-length"):
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody")
+            else:
+                reply = body.upper() if head.startswith(b"POST") else b"got"
+                writer.write(
+                    b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply)
+                )
+            await writer.drain()
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with RawHttpClient(f"http://127.0.0.1:{port}", 2) as client:
+            replies = await asyncio.gather(
+                *(client.post("/x", content=b"abc%d" % i, headers={}) for i in range(10))
+            )
+            assert [r.content for r in replies] == [b"ABC%d" % i for i in range(10)]
+            assert {r.status_code for r in replies} == {201}
+            assert (await client.get("/y")).text == "got"
+            assert len(accepted) == 2  # ten requests over two kept-alive connections
+            with pytest.raises(RawHttpError, match="no Content-Length"):
+                await client.get("/no-length")
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(go())
