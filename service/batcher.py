@@ -12,9 +12,8 @@ Inputs whose caller has gone away (cancelled) are skipped. A batch of long
 inputs (minutes of audio) is split so that one call never pads more than
 `MAX_BATCH_ELEMENTS` input values, which bounds the memory of a call. With
 `release_memory`, the worker shrinks the model's arena and hands freed memory
-back to the system once its queue has run empty (at most every
-`RELEASE_EVERY_S`), so a rare large batch does not keep the resident size at
-its peak.
+back to the system once its queue has been empty for `RELEASE_AFTER_IDLE_S`,
+so a rare large batch does not keep the resident size at its peak.
 """
 
 from __future__ import annotations
@@ -37,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 Result = tuple[np.ndarray, np.ndarray]
 MAX_BATCH_ELEMENTS = 32 * 16000 * 30  # padded input values per call: 32 clips of 30 s at 16 kHz
-RELEASE_EVERY_S = 1.0  # the most often an idle worker returns free memory (it walks the heap)
+# Idle time after which the worker returns free memory: under steady load the arena's
+# memory is reused, and the release (a small call and a heap walk) delays no request.
+RELEASE_AFTER_IDLE_S = 1.0
 
 
 @dataclass
@@ -67,7 +68,6 @@ class DynamicBatcher:
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0
         self.release_memory = release_memory
-        self._released_at = 0.0
         self._release_pending = False
         self._queue: deque[_Entry] = deque()
         self._arrived = asyncio.Event()
@@ -141,22 +141,18 @@ class DynamicBatcher:
     async def _next_batch(self) -> list[_Entry]:
         """Wait for a first input, then up to `wait_s` for the batch to fill.
 
-        While idle after a batch, release freed memory once (see RELEASE_EVERY_S).
+        Once idle for RELEASE_AFTER_IDLE_S after a batch, release freed memory.
         """
-        loop = asyncio.get_running_loop()
         while not self._queue:
             self._arrived.clear()
             if not self._release_pending:
                 await self._arrived.wait()
                 continue
-            delay = self._released_at + RELEASE_EVERY_S - loop.time()
-            if delay <= 0:
+            try:
+                await asyncio.wait_for(self._arrived.wait(), RELEASE_AFTER_IDLE_S)
+            except TimeoutError:  # idle long enough: no request will wait for this
                 self._release_pending = False
-                self._released_at = loop.time()
                 await asyncio.to_thread(self._release)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), delay)
         # One turn of the event loop lets requests it has already read join in.
         await asyncio.sleep(0)
         deadline = asyncio.get_running_loop().time() + self.wait_s

@@ -52,15 +52,18 @@ def test_an_idle_batcher_releases_memory_once_after_work(monkeypatch: pytest.Mon
         return allocator.release_free_memory()
 
     monkeypatch.setattr(batcher, "release_free_memory", counted)
-    monkeypatch.setattr(batcher, "RELEASE_EVERY_S", 0.05)
+    monkeypatch.setattr(batcher, "RELEASE_AFTER_IDLE_S", 0.05)
 
     async def scenario(release: bool) -> tuple[int, int]:
         calls.clear()
         encoder = FakeEncoder()
         b = DynamicBatcher(encoder, Metrics(), release_memory=release)  # type: ignore[arg-type]
         b.start()
-        await asyncio.gather(b.submit([item(3)]), b.submit([item(4)]))
-        await asyncio.sleep(0.3)  # idle for six release periods: still one release
+        for n in range(6):  # steady work, never idle for 50 ms: no release yet
+            await b.submit([item(n + 1)])
+            await asyncio.sleep(0.01)
+        assert not calls
+        await asyncio.sleep(0.3)  # idle for six times the threshold: one release
         await b.stop()
         return len(calls), encoder.releases
 
