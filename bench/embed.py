@@ -18,7 +18,7 @@ Run: `.venv/bin/python -m bench.embed [--models-dir models] [--duration 10] [--o
    Only the first audio length is served.
 3. Precision: torch eager (only with `--runs-dir`: the bundle has no torch
    weights, so the run's checkpoint.pt is loaded) vs onnxruntime fp32 vs the
-   uint8-weight `onnx.quantized_file`, the bare forward pass on the same
+   int8 `onnx.quantized_file`, the bare forward pass on the same
    collated batches, and the cosine of mean-pooled c between fp32 and the
    others.
 
@@ -212,7 +212,7 @@ async def service_levels(
     return rows
 
 
-# -- 3. precision: torch, fp32, uint8 ----------------------------------------------------
+# -- 3. precision: torch, fp32, int8 -----------------------------------------------------
 
 
 def pooled(c: np.ndarray, prepared: list[Prepared]) -> np.ndarray:
@@ -256,7 +256,7 @@ def precision(
     settings: Settings,
     torch_model: Any = None,
 ) -> dict[str, Any]:
-    """Forward-pass inputs/s of torch / fp32 / uint8 and their agreement with fp32."""
+    """Forward-pass inputs/s of torch / fp32 / int8 and their agreement with fp32."""
     fp32 = OnnxEncoder.from_settings(folder, settings, quantized=False)
     quant = None
     if fp32.spec.onnx.quantized_file:
@@ -487,7 +487,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             )
         lines.append("")
     lines += [
-        "## Precision: torch eager, onnxruntime fp32, uint8 weights",
+        "## Precision: torch eager, onnxruntime fp32, int8 (static, QDQ)",
         "",
         "Forward pass only, on the same collated batches; inputs/s.",
         f"Torch: {report['torch']}.",
@@ -500,7 +500,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [
             f"### {work['bundle']}: {work['label']}",
             "",
-            "| batch | torch | fp32 | uint8 | uint8 speed-up |",
+            "| batch | torch | fp32 | int8 | int8 speed-up |",
             "|---|---|---|---|---|",
         ]
         for r in prec["rows"]:
