@@ -81,10 +81,11 @@ class Settings(BaseSettings):
         "still grow with the load)",
     )
     max_inference_batch: int = Field(
-        default=16,
-        gt=0,
-        description="most inputs in one onnxruntime call; beyond 16 the default models gained "
-        "no throughput in-process (images lost some) and each call's latency doubles",
+        default=0,
+        ge=0,
+        description="most inputs in one onnxruntime call; 0: per modality, 16 for audio and "
+        "images (larger calls gained no throughput in-process and double the latency) and 64 "
+        "for text (its calls are so short that fixed per-call costs dominate)",
     )
     intra_op_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads per model (0: its default)"

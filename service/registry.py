@@ -22,6 +22,8 @@ from service.errors import BundleError, InvalidInput, NotFound
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+# Inputs per onnxruntime call when CPC_MAX_INFERENCE_BATCH is 0 (see service.config).
+AUTO_MAX_BATCH = {"audio": 16, "image": 16, "text": 64}
 
 
 @dataclass
@@ -138,7 +140,7 @@ def load_registry(settings: Settings, metrics: Metrics) -> ModelRegistry:
             encoder,
             metrics,
             max_queue=settings.max_queue,
-            max_batch=settings.max_inference_batch,
+            max_batch=settings.max_inference_batch or AUTO_MAX_BATCH[encoder.modality],
             wait_ms=settings.batch_wait_ms,
             release_memory=settings.release_memory,
         )

@@ -44,7 +44,7 @@ def test_settings_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) 
     assert s.max_request_bytes == 26214400 and s.max_batch == 64
     assert s.max_audio_seconds == 600 and s.max_image_pixels == 40_000_000
     assert s.max_text_chars == 100_000 and s.max_k == 1000 and s.max_queue == 1024
-    assert s.batch_wait_ms == 0.0 and s.max_inference_batch == 16 and s.intra_op_threads == 0
+    assert s.batch_wait_ms == 0.0 and s.max_inference_batch == 0 and s.intra_op_threads == 0
     assert s.use_quantized is False and s.warmup is True and s.cors_origins == []
     for name, field in Settings.model_fields.items():
         assert field.description, f"setting {name} has no description"

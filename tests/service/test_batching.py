@@ -215,3 +215,12 @@ def test_split_by_budget_bounds_padded_size() -> None:
     assert sizes == [[10, 10, 20], [40], [100]]
     for g in sizes[:-1]:
         assert len(g) * max(g) <= 60
+
+
+def test_max_inference_batch_is_per_modality_unless_set(make_client: MakeClient) -> None:
+    def max_batches(client: TestClient) -> dict[str, int]:
+        registry = client.app.state.registry  # type: ignore[attr-defined]
+        return {served.modality: served.batcher.max_batch for served in registry}
+
+    assert max_batches(make_client()) == {"audio": 16, "image": 16, "text": 64}
+    assert max_batches(make_client(max_inference_batch=5)) == {"audio": 5, "image": 5, "text": 5}
