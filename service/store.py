@@ -158,6 +158,13 @@ def _sql_condition(key: str, value: Any) -> tuple[str, list[Any]] | None:
     return None
 
 
+def _select_in(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterator[Any]:
+    """The rows of `sql`, whose `{marks}` is an `IN` list, over `values` in chunks of _CHUNK."""
+    for start in range(0, len(values), _CHUNK):
+        chunk = list(values[start : start + _CHUNK])
+        yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
+
+
 class ItemStore:
     """The SQLite store of one collection. Thread-safe: one connection behind a lock."""
 
@@ -392,12 +399,8 @@ class ItemStore:
         wanted = list(dict.fromkeys(ids))
         found: dict[str, str] = {}
         with self._lock:
-            db = self._db()
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT id, media_type FROM originals WHERE id IN ({marks})"
-                found.update((str(i), str(t)) for i, t in db.execute(sql, chunk).fetchall())
+            sql = "SELECT id, media_type FROM originals WHERE id IN ({marks})"
+            found.update((str(i), str(t)) for i, t in _select_in(self._db(), sql, wanted))
         return found
 
     def get_by_seqs(self, seqs: Sequence[int] | np.ndarray, *, vectors: bool = False) -> list[Item]:
@@ -406,13 +409,9 @@ class ItemStore:
         found: dict[int, Item] = {}
         columns = "id, seq, metadata, version, updated_at" + (", vector" if vectors else "")
         with self._lock:
-            db = self._db()
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT {columns} FROM items WHERE seq IN ({marks})"
-                for row in db.execute(sql, chunk).fetchall():
-                    found[int(row[1])] = self._decode(row, with_vector=vectors)
+            sql = f"SELECT {columns} FROM items WHERE seq IN ({{marks}})"
+            for row in _select_in(self._db(), sql, wanted):
+                found[int(row[1])] = self._decode(row, with_vector=vectors)
         return [found[s] for s in wanted if s in found]
 
     def all_seqs(self) -> np.ndarray:
