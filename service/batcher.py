@@ -150,7 +150,7 @@ class DynamicBatcher:
                 continue
             try:
                 await asyncio.wait_for(self._arrived.wait(), RELEASE_AFTER_IDLE_S)
-            except TimeoutError:  # idle long enough: no request will wait for this
+            except TimeoutError:  # idle for a while: a request rarely has to wait for this
                 self._release_pending = False
                 await asyncio.to_thread(self._release)
         # One turn of the event loop lets requests it has already read join in.
@@ -197,8 +197,12 @@ class DynamicBatcher:
                 entry.future.set_result(result)
 
     def _release(self) -> None:
-        self.encoder.release_arena()
-        release_free_memory()
+        """Give memory back; a failure is logged, never allowed to stop the worker."""
+        try:
+            self.encoder.release_arena()
+            release_free_memory()
+        except Exception:
+            logger.exception("releasing memory of %s failed", self.encoder.name)
 
     @staticmethod
     def _settle(batch: list[_Entry], exc: BaseException) -> None:

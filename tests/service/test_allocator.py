@@ -82,3 +82,25 @@ def test_release_arena_leaves_the_model_answering_the_same(
     encoder.release_arena()
     (_, after), *_ = encoder.run([small])
     np.testing.assert_array_equal(before, after)
+
+
+def test_a_failing_release_is_logged_and_the_worker_keeps_serving(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(batcher, "RELEASE_AFTER_IDLE_S", 0.02)
+
+    class Failing(FakeEncoder):
+        def release_arena(self) -> None:
+            raise RuntimeError("arena trouble")
+
+    async def scenario() -> list[int]:
+        b = DynamicBatcher(Failing(), Metrics(), release_memory=True)  # type: ignore[arg-type]
+        b.start()
+        await b.submit([item(2)])
+        await asyncio.sleep(0.1)  # the release fails here
+        results = await b.submit([item(3)])
+        await b.stop()
+        return [int(z[0, 0]) for z, _ in results]
+
+    assert asyncio.run(scenario()) == [3]
+    assert "releasing memory of fake failed" in caplog.text and "arena trouble" in caplog.text
