@@ -27,6 +27,7 @@ from training.config import AudioModelConfig, ImageModelConfig, TextModelConfig,
 
 logger = logging.getLogger(__name__)
 TEXT_EXTENSIONS = (".txt",)
+EXTENSIONS = {"audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS}
 T = TypeVar("T")
 
 
@@ -266,9 +267,7 @@ def load_text_dataset(
 
 
 def extensions_for(cfg: TrainConfig) -> tuple[str, ...]:
-    return {"audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS}[
-        cfg.modality
-    ]
+    return EXTENSIONS[cfg.modality]
 
 
 @dataclass

@@ -18,6 +18,7 @@ one whose pooled vectors fall below `min_cosine` of fp32.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,13 +30,10 @@ import onnxruntime as ort
 
 from service.encoder import OnnxEncoder, Prepared
 from service.errors import CPCError
-from service.preprocess.audio import AUDIO_EXTENSIONS
-from service.preprocess.image import IMAGE_EXTENSIONS
-from training.data import TEXT_EXTENSIONS
+from training.data import EXTENSIONS, DataError, list_files
 
 logger = logging.getLogger(__name__)
 QUANTIZED_FILE = "model.quant.onnx"
-EXTENSIONS = {"audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS}
 # Layers whose weights and activations become int8. Raw-input convolutions are
 # excluded per modality (see the module docstring); text's first convolution
 # reads learned embeddings, not raw input, and quantizes well.
@@ -70,10 +68,10 @@ def calibration_inputs(
 ) -> list[Prepared]:
     """Prepared inputs from up to `cfg.files` files of `data_dir`, in a seeded order."""
     root = Path(data_dir)
-    extensions = EXTENSIONS[encoder.modality]
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-    if not files:
-        raise QuantizeError(f"{root} holds no {encoder.modality} files to calibrate with")
+    try:
+        files = list_files(root, EXTENSIONS[encoder.modality])
+    except DataError as exc:
+        raise QuantizeError(f"no files to calibrate with: {exc}") from exc
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(files))[: cfg.files]
     length = int(cfg.audio_seconds * getattr(encoder.spec.preprocess, "sample_rate", 0))
@@ -189,14 +187,8 @@ def quantize_bundle(
     calibrate, check = inputs[cut:], inputs[:cut]
     out = folder / QUANTIZED_FILE
     quantize_static_copy(fp32, calibrate, out)
-    quant = OnnxEncoder(
-        fp32.spec,
-        folder,
-        ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]),
-        fp32.limits,
-        fp32.tokenizer,
-        QUANTIZED_FILE,
-    )
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    quant = dataclasses.replace(fp32, session=session, model_file=QUANTIZED_FILE)
     worst = float(pooled_cosines(fp32, quant, check).min())
     if worst < cfg.min_cosine:
         out.unlink()

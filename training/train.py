@@ -34,12 +34,11 @@ from training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_
 from training.config import TrainConfig, config_from_dict
 from training.curves import CurveWriter
 from training.data import Dataset, Datasets, load_datasets
-from training.device import autocast_dtype, cpu_supports_bf16, resolve_device_here
+from training.device import autocast_dtype, resolve_device_here
 from training.distributed import RankInfo
 from training.infonce import BatchShard, CPCCriterion, CPCLossOutput
 from training.models.cpc import CPCModel, build_model, count_parameters
 
-__all__ = ["Trainer", "autocast_dtype", "build_trainer", "cpu_supports_bf16", "train"]
 logger = logging.getLogger(__name__)
 VAL_BATCHES = 4  # batches drawn (with a fixed seed) to report validation loss
 StepHook = Callable[["Trainer"], None]
