@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.machine import machine_line, setup_logging, write_results
 from bench.serving import (
     ServiceProcess,
     batch_histogram,
@@ -51,7 +52,6 @@ from bench.serving import (
     cpu_seconds,
     make_client,
     report_header,
-    setup_logging,
 )
 from bench.workloads import request_body, typical_inputs
 from service.config import DEFAULT_MODELS_DIR, Settings
@@ -416,8 +416,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Embedding benchmark",
         "",
-        f"{m['cpu']}, {m['cpu_count']} cores, onnxruntime {m['versions'].get('onnxruntime', '?')}, "
-        f"{m['date']}. Settings (both in-process and service): batch_wait_ms "
+        f"{machine_line(m, 'onnxruntime')}. Settings (both in-process and service): batch_wait_ms "
         f"{s['batch_wait_ms']}, max_inference_batch {s['max_inference_batch']}, "
         f"intra_op_threads {s['intra_op_threads']}, use_quantized {s['use_quantized']}. "
         f"Service: {p['duration']} s per concurrency level; in-process: {p['cell_seconds']} s "
@@ -616,7 +615,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if not chosen:
         raise SystemExit(f"no bundles to measure in {args.models_dir}")
-    results: list[dict[str, Any]] = []
     work_of: list[tuple[Path, OnnxEncoder, Workload, dict[str, Any]]] = []
     for folder, encoder in chosen:
         for work in workloads(encoder, args.audio_seconds):
@@ -629,8 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "service": None,
                 "precision": None,
             }
-            results.append(entry)
             work_of.append((folder, encoder, work, entry))
+    results = [entry for *_, entry in work_of]
 
     levels = [(c, 1) for c in args.concurrency]
     levels += [(16, n) for n in args.inputs_per_request if n > 1]
@@ -661,9 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["headlines"] = headlines(results)
     errors = sum(r["errors"] for w in results for r in w["service"] or [])
     report["errors"] = errors
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "embed.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out / "embed.md").write_text(to_markdown(report), encoding="utf-8")
+    write_results(args.out, "embed", report, to_markdown(report))
     plot(report, args.out / "embed.png")
     for h in report["headlines"]:
         logger.info(

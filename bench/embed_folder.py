@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -31,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.machine import machine_info
-from bench.serving import ServiceProcess, closed_loop, make_client, setup_logging
+from bench.machine import machine_info, machine_line, setup_logging, write_results
+from bench.serving import ServiceProcess, closed_loop, make_client
 from bench.workloads import request_body
 from service.config import DEFAULT_MODELS_DIR, Settings
 from service.embed_folder import run_embed_folder
@@ -116,8 +115,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Offline bulk embedding vs the service under load (same files)",
         "",
-        f"{m['cpu']}, {m['cpu_count']} cores, onnxruntime "
-        f"{m['versions'].get('onnxruntime', '?')}, {m['date']}.",
+        f"{machine_line(m, 'onnxruntime')}.",
         "",
         "| modality | files | embed-folder (files/s) | service, C clients (files/s) | ratio |",
         "|---|---|---|---|---|",
@@ -186,10 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
         "note": args.note,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2) + "\n"
-    (args.out / "embed_folder.json").write_text(text, encoding="utf-8")
-    (args.out / "embed_folder.md").write_text(to_markdown(report), encoding="utf-8")
+    write_results(args.out, "embed_folder", report, to_markdown(report))
     return 1 if any(r["service"]["errors"] for r in results) else 0
 
 

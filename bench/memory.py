@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.machine import machine_line, setup_logging, write_results
 from bench.rawhttp import RawHttpClient
 from bench.serving import (
     LoadResult,
@@ -37,7 +37,7 @@ from bench.serving import (
     make_client,
     proc_status,
     report_header,
-    setup_logging,
+    rss_kb,
 )
 from bench.workloads import random_input, request_body
 from service.config import DEFAULT_MODELS_DIR, Settings
@@ -80,7 +80,7 @@ async def drive(service: ServiceProcess, args: argparse.Namespace) -> dict[str, 
         raise SystemExit(f"no bundles in {args.models_dir}")
     body_for = body_maker(defaults, args.seed)
     pid = service.pid
-    at_start = proc_status(pid)["VmRSS"]
+    at_start = rss_kb(pid)
     deadline = time.monotonic() + args.max_seconds
     errors: list[str] = []
     failed = 0
@@ -111,7 +111,7 @@ async def drive(service: ServiceProcess, args: argparse.Namespace) -> dict[str, 
         started = time.perf_counter()
         await send(client, args.warmup, 0)
         await asyncio.sleep(args.settle_s)
-        baseline = proc_status(pid)["VmRSS"]
+        baseline = rss_kb(pid)
         logger.info(
             "RSS %d kB at start, %d kB after %d warm-up requests", at_start, baseline, args.warmup
         )
@@ -122,7 +122,7 @@ async def drive(service: ServiceProcess, args: argparse.Namespace) -> dict[str, 
             result = await send(client, count, args.warmup + sent)
             sent += result.requests
             await asyncio.sleep(args.settle_s)
-            rss = proc_status(pid)["VmRSS"]
+            rss = rss_kb(pid)
             samples.append({"requests": sent, "rss_kb": rss})
             logger.info(
                 "%d requests: RSS %d kB (%+.1f%%), %d errors so far",
@@ -132,18 +132,19 @@ async def drive(service: ServiceProcess, args: argparse.Namespace) -> dict[str, 
                 failed,
             )
         elapsed = time.perf_counter() - started
-    status = proc_status(pid)
+    peak = proc_status(pid).get("VmHWM")
     final = samples[-1]["rss_kb"]
+    most = max(s["rss_kb"] for s in samples)
     growth = 100 * (final - baseline) / baseline
     return {
         "models": defaults,
         "rss_at_start_kb": at_start,
         "rss_baseline_kb": baseline,
         "rss_final_kb": final,
-        "rss_max_sampled_kb": max(s["rss_kb"] for s in samples),
-        "peak_vmhwm_kb": status.get("VmHWM"),
+        "rss_max_sampled_kb": most,
+        "peak_vmhwm_kb": peak,
         "growth_pct": round(growth, 2),
-        "max_growth_pct": round(100 * (max(s["rss_kb"] for s in samples) - baseline) / baseline, 2),
+        "max_growth_pct": round(100 * (most - baseline) / baseline, 2),
         "slope_second_half_kb_per_1000_requests": slope_kb_per_1000(samples),
         "target_growth_pct": TARGET_GROWTH_PCT,
         "met": growth < TARGET_GROWTH_PCT,
@@ -161,8 +162,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Service memory benchmark",
         "",
-        f"{m['cpu']}, {m['cpu_count']} cores, onnxruntime {m['versions'].get('onnxruntime', '?')}, "
-        f"{m['date']}. Models: "
+        f"{machine_line(m, 'onnxruntime')}. Models: "
         + ", ".join(f"{mod} = {name}" for mod, name in sorted(r["models"].items()))
         + f". {p['concurrency']} closed-loop clients, one input per request, random sizes "
         "(audio 0.2-8 s, text 1-20 sentences, images 16-640 px a side); "
@@ -230,9 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **report_header(settings, args),
         "result": result,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "memory.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out / "memory.md").write_text(to_markdown(report), encoding="utf-8")
+    write_results(args.out, "memory", report, to_markdown(report))
     logger.info(
         "RSS growth %.2f%% over %d requests (target < %.0f%%), %d errors; wrote %s",
         result["growth_pct"],

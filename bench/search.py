@@ -16,7 +16,6 @@ bench/results/search.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import faiss as _faiss
 import numpy as np
 
-from bench.machine import machine_info
+from bench.machine import machine_info, setup_logging, write_results
 from service.index import FlatIndex, IVFIndex, normalized
 
 faiss: Any = _faiss  # its stubs lack the numpy wrappers (see service.index)
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--note", default="", help="a sentence stored with the results")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     results = [row for n in args.sizes for row in run_size(n, args)]
@@ -178,9 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         "note": args.note,
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out / "search.md").write_text(to_markdown(report), encoding="utf-8")
+    write_results(args.out, "search", report, to_markdown(report))
     logger.info("wrote %s and %s", args.out / "search.json", args.out / "search.md")
 
 

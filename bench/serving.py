@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
+from bench.machine import machine_info
 from bench.rawhttp import RawHttpClient, RawHttpError
 
 logger = logging.getLogger(__name__)
@@ -45,12 +46,6 @@ HOST = "127.0.0.1"
 JSON_HEADERS = {"content-type": "application/json"}
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def setup_logging() -> None:
-    """INFO logs with times, without httpx's line per request."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def free_port() -> int:
@@ -225,11 +220,6 @@ class ServiceProcess:
         with httpx.Client(base_url=self.url, timeout=30.0, headers=auth_headers()) as client:
             return client.get(path)
 
-    def metrics_text(self) -> str:
-        response = self.get("/metrics")
-        response.raise_for_status()
-        return response.text
-
     def stop(self, grace_s: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace_s`; returns the exit status."""
         proc, self._proc = self._proc, None
@@ -369,8 +359,6 @@ SERVICE_SETTINGS = (
 
 def report_header(settings: Any, args: Any) -> dict[str, Any]:
     """What every serving result starts with: machine, service settings, parameters, note."""
-    from bench.machine import machine_info
-
     return {
         "machine": machine_info(),
         "settings": {key: getattr(settings, key) for key in SERVICE_SETTINGS},

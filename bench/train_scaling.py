@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.machine import machine_info
+from bench.machine import machine_info, machine_line, setup_logging, write_results
 from tests.conftest import make_audio_folder, make_image_folder, make_text_folder
 
 logger = logging.getLogger(__name__)
@@ -104,9 +104,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Training throughput: 1 process vs torchrun with 2 (gloo, CPU)",
         "",
-        f"{m['cpu']}, {m['cpu_count']} cores, torch {m['versions'].get('torch', '?')}, "
-        f"{m['date']}. Default configs, the same global batch in both runs; one process "
-        "uses every core, each of the two uses half (OMP_NUM_THREADS).",
+        f"{machine_line(m, 'torch')}. Default configs, the same global batch in both runs; "
+        "one process uses every core, each of the two uses half (OMP_NUM_THREADS).",
         "",
         "| config | global batch | processes x threads | examples/s | vs 1 x all cores "
         "| vs 1 x 1 thread | load average before |",
@@ -153,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", default=NOTE)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     results = []
     with tempfile.TemporaryDirectory(prefix="cpc-scaling-") as tmp:
         root = Path(tmp)
@@ -165,11 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logger.info("%s", row)
                 results.append(row)
     report = {"machine": machine_info(), "results": results, "note": args.note}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_scaling.json").write_text(
-        json.dumps(report, indent=2) + "\n", encoding="utf-8"
-    )
-    (args.out / "train_scaling.md").write_text(to_markdown(report), encoding="utf-8")
+    write_results(args.out, "train_scaling", report, to_markdown(report))
     return 0
 
 

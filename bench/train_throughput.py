@@ -8,7 +8,6 @@ bench/results/train_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -18,14 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.machine import machine_info
-from tests.conftest import make_audio_folder, make_image_folder, make_text_folder
+from bench.machine import machine_info, setup_logging, write_results
+from bench.train_scaling import make_folder
 from training.config import default_config
 from training.data import load_datasets
 from training.train import build_trainer
 
 logger = logging.getLogger(__name__)
-RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+RESULTS = Path(__file__).parent / "results"
+MODALITIES = ("audio", "image", "text")
 
 
 def measure(modality: str, folder: Path, run_dir: Path, steps: int) -> dict[str, Any]:
@@ -61,22 +61,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
+    setup_logging()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        folders = {
-            "audio": make_audio_folder(root / "audio", files=8, seconds=3.0),
-            "image": make_image_folder(root / "image", files=64, size=72),
-            "text": make_text_folder(root / "text", files=40, sentences=30),
-        }
-        results = [measure(m, f, root / f"run-{m}", args.steps) for m, f in folders.items()]
+        results = [
+            measure(m, make_folder(m, root), root / f"run-{m}", args.steps) for m in MODALITIES
+        ]
     report = {
         "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
         "results": results,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_results(RESULTS, "train_throughput", report)
     for row in results:
         logger.info("%s", row)
 
