@@ -36,6 +36,24 @@ MULTIPART_TYPE = "multipart/form-data"
 URLENCODED_TYPE = "application/x-www-form-urlencoded"
 FORM_TYPES = (MULTIPART_TYPE, URLENCODED_TYPE)
 M = TypeVar("M", bound=BaseModel)
+_MIN_PART_BYTES = 1024 * 1024
+
+
+def openapi_body(
+    json_model: type[BaseModel], form_schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body itself: a required `json_model` as
+    JSON and, when given, a multipart form of `form_schema`."""
+    content: dict[str, Any] = {JSON_TYPE: {"schema": json_model.model_json_schema()}}
+    if form_schema is not None:
+        content[MULTIPART_TYPE] = {"schema": form_schema}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def part_limit(max_text_chars: int, max_json_field_bytes: int = 0) -> int:
+    """Largest non-file multipart field: a text input, or a JSON field (metadata, filter) of
+    at most `max_json_field_bytes` as stored; never under 1 MiB."""
+    return max(_MIN_PART_BYTES, 4 * max_text_chars + 1024, 2 * max_json_field_bytes)
 
 
 def media_type(request: Request) -> str:

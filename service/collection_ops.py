@@ -4,9 +4,9 @@
   each loaded bundle has the collection named after it.
 - `prepare_items`: validate a whole upsert (ids, metadata, vectors) and embed
   its inputs through `embed_inputs`, the batching path /embed uses, so that a
-  batch is refused before anything is written.
-- `prepare_originals`: what each item of an upsert keeps as its original
-  (see `service.originals`), made in a worker thread after the batch embedded.
+  batch is refused before anything is written; then make what each item keeps
+  as its original (see `service.originals`) in a worker thread, from the same
+  decoded inputs.
 - `query_vector`: the vector a search looks for (embedded or given).
 - `write_items` / `delete_item`: the blocking, fsynced store writes, run in a
   worker thread, followed by the cpc_collection_items gauge.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import threading
@@ -40,7 +39,7 @@ from service.collections import (
 from service.config import Settings
 from service.embedding import embed_inputs
 from service.errors import CPCError, InvalidInput, NotFound, TooLarge
-from service.inputs import ApiInput, to_raw
+from service.inputs import ApiInput, PlainText, to_raw
 from service.metrics import Metrics
 from service.originals import OriginalLimits, make_original
 from service.registry import ModelRegistry, ServedModel
@@ -159,9 +158,15 @@ def _renamed(exc: CPCError, detail: str) -> CPCError:
 
 
 async def prepare_items(
-    coll: Collection, registry: ModelRegistry, settings: Settings, items: Sequence[NewItem]
-) -> list[PreparedItem]:
-    """Every item validated and its vector ready (embedded or normalised), or an error."""
+    coll: Collection,
+    registry: ModelRegistry,
+    settings: Settings,
+    items: Sequence[NewItem],
+    keep_originals: bool | None = None,
+) -> tuple[list[PreparedItem], list[Original | None] | None]:
+    """Every item validated and its vector ready (embedded or normalised), or an error; and
+    the original each keeps (None for a vector item), or None when none are kept
+    (`keep_originals` False, CPC_MAX_ORIGINAL_BYTES 0, or no item has an input)."""
     check_item_count(len(items), settings.max_batch)
     ids: list[str] = []
     metadata: list[dict[str, Any]] = []
@@ -180,30 +185,52 @@ async def prepare_items(
         except CPCError as exc:
             raise _renamed(exc, f"items[{i}]: {exc.detail}") from exc
     to_embed = [i for i, vector in enumerate(vectors) if vector is None]
+    originals: list[Original | None] | None = None
     if to_embed:
+        served = model_of(coll, registry)
         inputs = [value for i in to_embed if (value := items[i].input) is not None]
-        embedded = await _embed(coll, registry, settings, inputs, where=to_embed)
+        try:  # decoded once here: embedded below, and rendered as originals from the same bytes
+            raws = [
+                to_raw(value, j, served.modality, served.name) for j, value in enumerate(inputs)
+            ]
+        except CPCError as exc:
+            raise _at_items(exc, to_embed) from exc
+        decoded = [PlainText(raw) if isinstance(raw, str) else raw for raw in raws]
+        embedded = await _embed(served, registry, settings, decoded, where=to_embed)
         for j, i in enumerate(to_embed):
             try:
                 vectors[i] = prepare_vector(embedded[j], coll.dim, coll.name)
             except CPCError as exc:
                 raise _renamed(exc, f"items[{i}].input: {exc.detail}") from exc
-    return [(ids[i], v, metadata[i]) for i, v in enumerate(vectors) if v is not None]
+        limits = OriginalLimits.from_settings(settings)
+        if keep_originals is not False and limits.max_bytes > 0:
+            made = await asyncio.to_thread(
+                lambda: [make_original(raw, served.modality, limits) for raw in raws]
+            )
+            kept = dict(zip(to_embed, made, strict=True))
+            originals = [kept.get(i) for i in range(len(items))]
+    prepared = [(ids[i], v, metadata[i]) for i, v in enumerate(vectors) if v is not None]
+    return prepared, originals
+
+
+def _at_items(exc: CPCError, where: Sequence[int]) -> CPCError:
+    """An error about "input j" of a batch, reworded as one about "items[where[j]].input"."""
+    detail = _INPUT_PREFIX.sub(lambda m: f"items[{where[int(m[1])]}].input", exc.detail)
+    return _renamed(exc, detail)
 
 
 async def _embed(
-    coll: Collection,
+    served: ServedModel,
     registry: ModelRegistry,
     settings: Settings,
     inputs: Sequence[ApiInput],
     where: Sequence[int] | None = None,
 ) -> list[np.ndarray]:
-    """The /embed default vectors of `inputs` with the collection's model.
+    """The /embed default vectors of `inputs` with a collection's model.
 
     With `where` (the item index of each input), an error about "input j" is
     reported as one about "items[where[j]].input".
     """
-    served = model_of(coll, registry)
     try:
         result = await embed_inputs(
             registry, inputs, model=served.name, max_batch=settings.max_batch
@@ -211,37 +238,8 @@ async def _embed(
     except CPCError as exc:
         if where is None:
             raise
-        detail = _INPUT_PREFIX.sub(lambda m: f"items[{where[int(m[1])]}].input", exc.detail)
-        raise _renamed(exc, detail) from exc
+        raise _at_items(exc, where) from exc
     return result.vectors
-
-
-async def prepare_originals(
-    coll: Collection,
-    registry: ModelRegistry,
-    settings: Settings,
-    items: Sequence[NewItem],
-    keep: bool | None = None,
-) -> list[Original | None] | None:
-    """The original each item keeps (None for a vector item), or None when none are kept:
-    `keep` False, or CPC_MAX_ORIGINAL_BYTES 0. Call it once the items embedded, so that
-    their inputs are known to decode."""
-    limits = OriginalLimits.from_settings(settings)
-    if keep is False or limits.max_bytes <= 0 or all(item.input is None for item in items):
-        return None
-    served = model_of(coll, registry)
-
-    def make_all() -> list[Original | None]:
-        out: list[Original | None] = []
-        for i, item in enumerate(items):
-            if item.input is None:
-                out.append(None)
-                continue
-            raw = to_raw(item.input, i, served.modality, served.name)
-            out.append(make_original(raw, served.modality, limits))
-        return out
-
-    return await asyncio.to_thread(make_all)
 
 
 async def write_items(
@@ -271,17 +269,6 @@ async def delete_item(coll: Collection, item_id: str, metrics: Metrics) -> None:
 # --- search ----------------------------------------------------------------------------------
 
 
-def check_filter(where: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The filter of a search; 400 if a value is NaN or infinite (no JSON value equals it)."""
-    if where is None:
-        return None
-    try:
-        json.dumps(where, allow_nan=False)
-    except ValueError as exc:
-        raise InvalidInput(f"filter holds a value that is not valid JSON ({exc})") from None
-    return where
-
-
 async def query_vector(
     coll: Collection,
     registry: ModelRegistry,
@@ -296,5 +283,5 @@ async def query_vector(
         return prepare_vector(vector, coll.dim, coll.name)
     if input is None:
         raise InvalidInput("give exactly one of `input` and `vector`")
-    (embedded,) = await _embed(coll, registry, settings, [input])
+    (embedded,) = await _embed(model_of(coll, registry), registry, settings, [input])
     return prepare_vector(embedded, coll.dim, coll.name)

@@ -21,6 +21,7 @@ Layout: `<data_dir>/collections/<name>/{items.sqlite3, index.faiss}`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -118,8 +119,11 @@ def validate_filter(where: object) -> dict[str, Any] | None:
     if not isinstance(where, Mapping) or not all(isinstance(key, str) for key in where):
         raise InvalidInput("filter must be a JSON object of metadata keys and values")
     out = dict(where)
+    try:
+        json.dumps(out, allow_nan=False)  # no JSON value equals NaN or infinity
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"filter holds a value that is not valid JSON ({exc})") from None
     check_integers(out, "filter")
-    dump_metadata(out)  # rejects NaN, infinity and what JSON cannot hold
     return out or None
 
 
@@ -436,9 +440,10 @@ class Collection:
         with self._rw.read():
             self._check_open()
             seqs = self.store.all_seqs()
-            if len(seqs) > limit:
-                seqs = seqs[np.linspace(0, len(seqs) - 1, num=limit).round().astype(np.int64)]
-            return self.store.count(), self.store.get_by_seqs(seqs, vectors=True)
+            count = len(seqs)  # every item: writers are held off until the sample is read
+            if count > limit:
+                seqs = seqs[np.linspace(0, count - 1, num=limit).round().astype(np.int64)]
+            return count, self.store.get_by_seqs(seqs, vectors=True)
 
     def search(self, vector: object, k: int = 10, filter: object = None) -> list[SearchHit]:
         """The `k` items most similar to `vector` (cosine), best first, matching `filter`."""

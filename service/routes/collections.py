@@ -27,7 +27,9 @@ from service.bodies import (
     is_form,
     is_json,
     media_type,
+    openapi_body,
     parse_json_field,
+    part_limit,
     read_form,
     read_json,
     unsupported,
@@ -39,7 +41,6 @@ from service.collection_ops import (
     forget_count,
     get_collection,
     prepare_items,
-    prepare_originals,
     refresh_count,
     write_items,
 )
@@ -77,44 +78,31 @@ register_url_convertor("anypath", AnyPathConvertor())
 
 router = APIRouter(tags=["collections"])
 
-_MIN_PART_BYTES = 1024 * 1024
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such collection"}}
 _BAD_NAME: dict[int | str, dict[str, Any]] = {
     400: {"description": "not a valid collection name or item id"}
 }
 
-UPSERT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            JSON_TYPE: {"schema": UpsertRequest.model_json_schema()},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "text": {"type": "array", "items": {"type": "string"}},
-                        "id": {"type": "array", "items": {"type": "string"}},
-                        "metadata": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "description": "a JSON object per item, in order",
-                        },
-                        "keep_originals": {
-                            "type": "boolean",
-                            "description": "keep a small original of each item (default true)",
-                        },
-                    },
-                }
+UPSERT_BODY = openapi_body(
+    UpsertRequest,
+    {
+        "type": "object",
+        "properties": {
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "text": {"type": "array", "items": {"type": "string"}},
+            "id": {"type": "array", "items": {"type": "string"}},
+            "metadata": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "a JSON object per item, in order",
+            },
+            "keep_originals": {
+                "type": "boolean",
+                "description": "keep a small original of each item (default true)",
             },
         },
-    }
-}
-
-
-def part_limit(settings: Settings) -> int:
-    """Largest non-file multipart field: a text input or a metadata object."""
-    return max(_MIN_PART_BYTES, 4 * settings.max_text_chars + 1024, 2 * settings.max_metadata_bytes)
+    },
+)
 
 
 def _form_metadata(values: list[str]) -> list[Any]:
@@ -145,7 +133,8 @@ async def read_items(request: Request, settings: Settings) -> tuple[list[NewItem
     """The items of an upsert, from JSON or from a multipart form, and `keep_originals`."""
     kind = media_type(request)
     if is_form(kind):
-        async with read_form(request, part_limit(settings)) as form:
+        limit = part_limit(settings.max_text_chars, settings.max_metadata_bytes)
+        async with read_form(request, limit) as form:
             inputs, fields = await form_inputs(form)
         ids = fields.pop("id", [])
         metadata = _form_metadata(fields.pop("metadata", []))
@@ -213,8 +202,7 @@ async def upsert_items(
 ) -> dict[str, Any]:
     coll = get_collection(collections, name)
     items, keep = await read_items(request, settings)
-    prepared = await prepare_items(coll, registry, settings, items)
-    originals = await prepare_originals(coll, registry, settings, items, keep)
+    prepared, originals = await prepare_items(coll, registry, settings, items, keep)
     ids = await write_items(coll, prepared, metrics, originals)
     return {"upserted": len(ids), "ids": ids}
 
@@ -271,12 +259,7 @@ async def list_collections(collections: CollectionsDep) -> dict[str, Any]:
     return {"collections": await asyncio.to_thread(describe_all)}
 
 
-CREATE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {JSON_TYPE: {"schema": CreateCollectionRequest.model_json_schema()}},
-    }
-}
+CREATE_BODY = openapi_body(CreateCollectionRequest)
 
 
 @router.put(

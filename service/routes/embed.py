@@ -12,7 +12,16 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.bodies import JSON_TYPE, is_form, is_json, media_type, read_form, unsupported
+from service.bodies import (
+    JSON_TYPE,
+    is_form,
+    is_json,
+    media_type,
+    openapi_body,
+    part_limit,
+    read_form,
+    unsupported,
+)
 from service.deps import RegistryDep, SettingsDep
 from service.embedding import Embeddings, embed_inputs
 from service.inputs import INPUT_FIELDS, ApiInput, form_inputs
@@ -27,8 +36,6 @@ from service.schemas import (
 )
 
 router = APIRouter(tags=["embed"])
-
-_MIN_PART_BYTES = 1024 * 1024
 
 
 def _form_schema() -> dict[str, Any]:
@@ -45,15 +52,7 @@ def _form_schema() -> dict[str, Any]:
     return {"type": "object", "properties": properties}
 
 
-REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            JSON_TYPE: {"schema": EmbedRequest.model_json_schema()},
-            "multipart/form-data": {"schema": _form_schema()},
-        },
-    }
-}
+REQUEST_BODY = openapi_body(EmbedRequest, _form_schema())
 
 
 async def read_request(
@@ -62,8 +61,7 @@ async def read_request(
     """Options and inputs from a JSON or form body; 415 for any other media type."""
     kind = media_type(request)
     if is_form(kind):
-        part_limit = max(_MIN_PART_BYTES, 4 * max_text_chars + 1024)
-        async with read_form(request, part_limit) as form:
+        async with read_form(request, part_limit(max_text_chars)) as form:
             inputs, fields = await form_inputs(form)
         options = parse_model(EmbedOptions, {k: v[-1] for k, v in fields.items()})
         return options, inputs

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.bodies import read_json
+from service.bodies import openapi_body, read_json
 from service.deps import RegistryDep, SettingsDep
 from service.embedding import embed_inputs
 from service.errors import InvalidInput
@@ -26,12 +26,7 @@ from service.schemas import (
 
 router = APIRouter(tags=["openai"])
 
-REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": OpenAIEmbeddingRequest.model_json_schema()}},
-    }
-}
+REQUEST_BODY = openapi_body(OpenAIEmbeddingRequest)
 
 
 @router.post(

@@ -22,42 +22,37 @@ from service.bodies import (
     is_form,
     is_json,
     media_type,
+    openapi_body,
     parse_json_field,
+    part_limit,
     read_form,
     unsupported,
 )
-from service.collection_ops import check_filter, get_collection, query_vector
+from service.collection_ops import get_collection, query_vector
 from service.collection_schemas import SearchOptions, SearchRequest, SearchResponse, schema_error
+from service.collections import validate_filter
 from service.config import Settings
 from service.deps import CollectionsDep, RegistryDep, SettingsDep
 from service.inputs import ApiInput, form_inputs
-from service.routes.collections import part_limit
 from service.schemas import OrjsonResponse, parse_model
 
 router = APIRouter(tags=["search"])
 
-SEARCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            JSON_TYPE: {"schema": SearchRequest.model_json_schema()},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["collection"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "text": {"type": "string"},
-                        "collection": {"type": "string"},
-                        "k": {"type": "integer", "default": 10},
-                        "filter": {"type": "string", "description": "a JSON object"},
-                        "with_original": {"type": "boolean", "default": False},
-                    },
-                }
-            },
+SEARCH_BODY = openapi_body(
+    SearchRequest,
+    {
+        "type": "object",
+        "required": ["collection"],
+        "properties": {
+            "file": {"type": "string", "format": "binary"},
+            "text": {"type": "string"},
+            "collection": {"type": "string"},
+            "k": {"type": "integer", "default": 10},
+            "filter": {"type": "string", "description": "a JSON object"},
+            "with_original": {"type": "boolean", "default": False},
         },
-    }
-}
+    },
+)
 
 
 async def read_query(
@@ -66,7 +61,8 @@ async def read_query(
     """Options, input and vector of a search, from JSON or a multipart form."""
     kind = media_type(request)
     if is_form(kind):
-        async with read_form(request, part_limit(settings)) as form:
+        limit = part_limit(settings.max_text_chars, settings.max_metadata_bytes)
+        async with read_form(request, limit) as form:
             inputs, fields = await form_inputs(form)
         values: dict[str, Any] = {key: found[-1] for key, found in fields.items()}
         if "filter" in values:
@@ -104,7 +100,7 @@ async def search(
     if not 1 <= options.k <= settings.max_k:
         given = str(options.k) if abs(options.k) < 10**12 else "a number that large"
         raise schema_error(("k",), f"k must be from 1 to {settings.max_k} (CPC_MAX_K), not {given}")
-    where = check_filter(options.filter)
+    where = validate_filter(options.filter)
     coll = get_collection(collections, options.collection)
     query = await query_vector(coll, registry, settings, input=value, vector=vector)
     hits = await asyncio.to_thread(coll.search, query, options.k, where)
