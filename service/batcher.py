@@ -22,8 +22,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Result = tuple[np.ndarray, np.ndarray]
 MAX_BATCH_ELEMENTS = 32 * 16000 * 30  # padded input values per call: 32 clips of 30 s at 16 kHz
 # Idle time after which the worker returns free memory: under steady load the arena's
@@ -45,6 +47,10 @@ RELEASE_AFTER_IDLE_S = 1.0
 class _Entry:
     prepared: Prepared
     future: asyncio.Future[Result]
+
+
+def _input_values(entry: _Entry) -> int:
+    return int(entry.prepared.array.size)
 
 
 class DynamicBatcher:
@@ -175,7 +181,7 @@ class DynamicBatcher:
 
     async def _run_all(self, batch: list[_Entry]) -> None:
         batch.sort(key=lambda e: e.prepared.sort_key)
-        for group in split_by_budget(batch, MAX_BATCH_ELEMENTS):
+        for group in split_by_budget(batch, MAX_BATCH_ELEMENTS, _input_values):
             await self._run(group)
 
     async def _run(self, batch: list[_Entry]) -> None:
@@ -220,21 +226,22 @@ class DynamicBatcher:
             self.metrics.queue_depth.dec(taken)
 
 
-def split_by_budget(entries: list[_Entry], budget: int) -> list[list[_Entry]]:
-    """Consecutive groups of length-sorted entries whose padded size fits `budget`.
+def split_by_budget(items: Sequence[T], budget: int, size: Callable[[T], int]) -> list[list[T]]:
+    """Consecutive groups of length-sorted items whose padded size fits `budget`.
 
-    A group holds at least one entry, however large.
+    `size` is an item's number of input values; a group pads to its largest.
+    A group holds at least one item, however large.
     """
-    groups: list[list[_Entry]] = []
-    current: list[_Entry] = []
+    groups: list[list[T]] = []
+    current: list[T] = []
     largest = 0
-    for entry in entries:
-        size = int(entry.prepared.array.size)
-        if current and (len(current) + 1) * max(largest, size) > budget:
+    for item in items:
+        n = int(size(item))
+        if current and (len(current) + 1) * max(largest, n) > budget:
             groups.append(current)
             current, largest = [], 0
-        current.append(entry)
-        largest = max(largest, size)
+        current.append(item)
+        largest = max(largest, n)
     if current:
         groups.append(current)
     return groups

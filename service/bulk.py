@@ -31,7 +31,7 @@ from typing import TextIO
 
 import numpy as np
 
-from service.batcher import MAX_BATCH_ELEMENTS
+from service.batcher import MAX_BATCH_ELEMENTS, split_by_budget
 from service.encoder import OnnxEncoder, Prepared
 from service.errors import CPCError
 from service.inputs import to_raw
@@ -40,6 +40,7 @@ from service.pooling import l2_normalize, pool
 logger = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2  # batches being decoded while one is in onnxruntime
+LOGGED_FAILURES = 20  # failed files logged one by one by the commands; the rest are only counted
 _LOG_EVERY_S = 5.0  # progress log line interval when stderr is not a terminal
 _DRAW_EVERY_S = 0.25  # terminal bar redraw interval
 
@@ -59,18 +60,10 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def budget_groups(prepared: list[tuple[int, Prepared]]) -> Iterator[list[tuple[int, Prepared]]]:
+def budget_groups(prepared: list[tuple[int, Prepared]]) -> list[list[tuple[int, Prepared]]]:
     """Groups of similar shape whose padded batch stays under MAX_BATCH_ELEMENTS values."""
     ordered = sorted(prepared, key=lambda pair: pair[1].sort_key)
-    group: list[tuple[int, Prepared]] = []
-    for pair in ordered:
-        size = int(np.prod(pair[1].array.shape))
-        if group and size * (len(group) + 1) > MAX_BATCH_ELEMENTS:
-            yield group
-            group = []
-        group.append(pair)
-    if group:
-        yield group
+    return split_by_budget(ordered, MAX_BATCH_ELEMENTS, lambda pair: pair[1].array.size)
 
 
 def by_size(todo: Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:
@@ -87,11 +80,15 @@ def by_size(todo: Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:
 
 @dataclass
 class EmbeddedBatch:
-    """The outcome of one batch of files, in the order they were given."""
+    """The outcome of one batch of files, each list in the order the files were given."""
 
-    names: list[str]  # every file of the batch
-    vectors: dict[int, np.ndarray] = field(default_factory=dict)  # index in names -> float32 [D]
+    items: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (name, float32 [D])
     failures: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+
+    @property
+    def size(self) -> int:
+        """Files in the batch: embedded or failed."""
+        return len(self.items) + len(self.failures)
 
 
 class FilePipeline:
@@ -141,14 +138,15 @@ class FilePipeline:
     def _finish(
         self, chunk: Sequence[tuple[str, Path]], futures: list[Future[Prepared]]
     ) -> EmbeddedBatch:
-        out = EmbeddedBatch([name for name, _ in chunk])
+        out = EmbeddedBatch()
         ready: list[tuple[int, Prepared]] = []
         for i, ((name, _), future) in enumerate(zip(chunk, futures, strict=True)):
             try:
                 ready.append((i, future.result()))
             except (OSError, CPCError) as exc:
                 out.failures.append((name, describe_failure(exc)))
-        out.vectors = self.embed(ready)
+        vectors = self.embed(ready)
+        out.items = [(chunk[i][0], vectors[i]) for i, _ in ready]
         return out
 
 

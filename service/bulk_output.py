@@ -102,9 +102,10 @@ class ShardWriter:
         self.out = out
         self.meta = {"format": FORMAT, **meta}
         self.parts = out.parent / f".{out.name}.parts"
-        self._next = 0
         self._previous: VectorFile | None = None
         self._check_meta()
+        shards = self._shards()
+        self._next = int(shards[-1].stem.split("-")[1]) + 1 if shards else 0  # next shard number
 
     def _check_meta(self) -> None:
         """Refuse to mix vectors of another model into an existing output or its shards."""
@@ -141,9 +142,6 @@ class ShardWriter:
         if not self.parts.is_dir():
             self.parts.mkdir(parents=True)
             (self.parts / "meta.json").write_text(json.dumps(self.meta), encoding="utf-8")
-        existing = self._shards()
-        if self._next == 0 and existing:
-            self._next = int(existing[-1].stem.split("-")[1]) + 1
         path = self.parts / f"part-{self._next:06d}.npz"
         self._next += 1
         _write_npz(path, {"ids": _strings(ids), "vectors": np.stack(vectors).astype(np.float32)})

@@ -24,6 +24,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 TRAINING_COMMANDS = ("data", "train", "export", "quantize", "eval")
 INSTALL_HINT = (
@@ -104,6 +108,18 @@ def _add_embed_folder(sub: argparse._SubParsersAction) -> None:
         default=2048,
         help="vectors saved per shard (an interruption loses at most this many)",
     )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings (CPC_* environment) with the command's --data-dir and --models-dir on top."""
+    from service.config import Settings
+
+    overrides = {
+        name: value
+        for name in ("data_dir", "models_dir")
+        if (value := getattr(args, name, None)) is not None
+    }
+    return Settings(**overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,16 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from service.bulk import FilePipeline, Progress
+from service.bulk import LOGGED_FAILURES, FilePipeline, Progress
 from service.bulk_output import ShardWriter, VectorFileError
 from service.bundle import BUNDLE_FILE
+from service.cli import settings_from_args
 from service.config import Settings
-from service.encoder import Limits, OnnxEncoder
+from service.encoder import OnnxEncoder
 from service.errors import BundleError, CPCError
 from service.indexer_files import MANIFEST, IndexerError, item_id, list_files
 
 logger = logging.getLogger(__name__)
-_LOGGED_FAILURES = 20  # failures logged one by one; the rest are only counted
 DEFAULT_SHARD = 2048  # vectors per shard: what an interruption can lose at most
 
 
@@ -101,12 +101,7 @@ def run_embed_folder(
     if not data.is_dir():
         raise IndexerError(f"{data}: not a folder")
     folder = resolve_bundle(bundle, settings.models_dir)
-    encoder = OnnxEncoder.load(
-        folder,
-        Limits.from_settings(settings),
-        intra_op_threads=settings.intra_op_threads,
-        use_quantized=settings.use_quantized,
-    )
+    encoder = OnnxEncoder.from_settings(folder, settings)
     writer = ShardWriter(out, _meta(encoder))
     files = list_files(data, exclude=[data / MANIFEST, out])
     report = EmbedFolderReport(encoder.name, out, files=len(files))
@@ -119,8 +114,8 @@ def run_embed_folder(
     vectors: list[np.ndarray] = []
     try:
         for result in pipeline.batches(todo, batch):
-            for i, vector in sorted(result.vectors.items()):
-                ids.append(result.names[i])
+            for name, vector in result.items:
+                ids.append(name)
                 vectors.append(vector)
             for name, why in result.failures:
                 _fail(report, name, why)
@@ -128,7 +123,7 @@ def run_embed_folder(
                 writer.write_shard(ids, vectors)
                 report.embedded += len(ids)
                 ids, vectors = [], []
-            progress.update(len(result.names))
+            progress.update(result.size)
         writer.write_shard(ids, vectors)
         report.embedded += len(ids)
     finally:
@@ -150,21 +145,18 @@ def run_embed_folder(
 def _fail(report: EmbedFolderReport, name: str, why: str) -> None:
     report.failed += 1
     report.failures[name] = why
-    if report.failed <= _LOGGED_FAILURES:
+    if report.failed <= LOGGED_FAILURES:
         logger.warning("skipping %s: %s", name, why)
 
 
 def main(args: argparse.Namespace) -> int:
     """`cpc-embed embed-folder`: 0 when done (failed files are counted, not fatal), 2 on error."""
-    overrides: dict[str, Any] = {}
-    if args.models_dir is not None:
-        overrides["models_dir"] = args.models_dir
     try:
         run_embed_folder(
             args.bundle,
             args.data,
             args.out,
-            settings=Settings(**overrides),
+            settings=settings_from_args(args),
             batch=args.batch,
             workers=args.workers,
             shard_size=args.shard_size,

@@ -46,9 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from service.bulk import EmbeddedBatch, FilePipeline, Progress
+from service.bulk import LOGGED_FAILURES, EmbeddedBatch, FilePipeline, Progress
 from service.bulk_output import VectorFile, VectorFileError, load_vectors
 from service.bundle import BundleSpec, load_bundle_spec
+from service.cli import settings_from_args
 from service.collections import (
     STORE_FILE,
     Collection,
@@ -60,7 +61,7 @@ from service.collections import (
 )
 from service.config import Settings
 from service.datalock import DataDirBusy, DataDirLock
-from service.encoder import Limits, OnnxEncoder
+from service.encoder import OnnxEncoder
 from service.errors import BundleError, CPCError
 from service.index import set_faiss_threads
 from service.indexer_files import (
@@ -77,7 +78,6 @@ from service.store import ItemStore
 logger = logging.getLogger(__name__)
 
 _SNIFF_FILES = 256  # files looked at to guess the modality of a folder
-_LOGGED_FAILURES = 20  # failures logged one by one; the rest are only counted
 FILES_BATCH = 32  # default --batch when embedding files: files per onnxruntime call
 VECTORS_BATCH = 1024  # default --batch with --vectors: items per transaction
 
@@ -128,7 +128,7 @@ def choose_bundle(
 
 
 def open_collection(
-    manager: CollectionManager, name: str, spec: BundleSpec | None, index: str
+    manager: CollectionManager, name: str, spec: BundleSpec, index: str
 ) -> Collection:
     """The collection `name`, opened; created for `spec`'s model when it does not exist."""
     folder = manager.root / name
@@ -136,8 +136,6 @@ def open_collection(
         return Collection.open(
             folder, manager.index_params, max_metadata_bytes=manager.max_metadata_bytes
         )
-    if spec is None:
-        raise IndexerError(f"collection '{name}' does not exist")
     return manager.create(name, spec.name, spec.dims.context, index)
 
 
@@ -164,7 +162,7 @@ class Indexer:
 
     def fail(self, name: str, why: str) -> None:
         self.report.failed += 1
-        if len(self.report.failures) < _LOGGED_FAILURES:
+        if len(self.report.failures) < LOGGED_FAILURES:
             self.report.failures.append(f"{name}: {why}")
             logger.warning("skipping %s: %s", name, why)
 
@@ -185,8 +183,7 @@ class Indexer:
         """Record the failures of one embedded batch and write its vectors."""
         for name, why in result.failures:
             self.fail(name, why)
-        named = [(result.names[i], v) for i, v in sorted(result.vectors.items())]
-        self.write(named, metadata)
+        self.write(result.items, metadata)
 
     def todo(self, names: Sequence[str]) -> list[int]:
         """Positions of the valid ids not stored yet (the others are counted)."""
@@ -295,12 +292,7 @@ class _Job:
 
     def embed_files(self, data: Path, files: list[Path]) -> IndexReport:
         manager, folder, spec = self._choose(files)
-        encoder = OnnxEncoder.load(
-            folder,
-            Limits.from_settings(self.settings),
-            intra_op_threads=self.settings.intra_op_threads,
-            use_quantized=self.settings.use_quantized,
-        )
+        encoder = OnnxEncoder.from_settings(folder, self.settings)
         coll = open_collection(manager, self.collection, spec, self.index)
         try:
             _check_dim(coll, encoder.name, encoder.spec.dims.context)
@@ -312,7 +304,7 @@ class _Job:
             try:
                 for result in FilePipeline(encoder, self.workers).batches(todo, self.batch):
                     indexer.write_batch(result, self.metadata)
-                    progress.update(len(result.names))
+                    progress.update(result.size)
             finally:
                 progress.close()
             return _finish(report, coll)
@@ -361,16 +353,11 @@ def _finish(report: IndexReport, coll: Collection) -> IndexReport:
 
 def main(args: argparse.Namespace) -> int:
     """`cpc-embed index`: 0 when done (failed files are counted, not fatal), 2 on a usage error."""
-    overrides: dict[str, Any] = {}
-    if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
-    if args.models_dir is not None:
-        overrides["models_dir"] = args.models_dir
     try:
         run_index(
             args.collection,
             args.data,
-            settings=Settings(**overrides),
+            settings=settings_from_args(args),
             metadata_csv=args.metadata,
             model=args.model,
             batch=args.batch,

@@ -210,7 +210,7 @@ def test_split_by_budget_bounds_padded_size() -> None:
             self.prepared = item(n)
 
     entries = [Entry(n) for n in (10, 10, 20, 40, 100)]
-    groups = split_by_budget(entries, 60)  # type: ignore[arg-type]
+    groups = split_by_budget(entries, 60, lambda e: e.prepared.array.size)
     sizes = [[e.prepared.array.size for e in g] for g in groups]
     assert sizes == [[10, 10, 20], [40], [100]]
     for g in sizes[:-1]:

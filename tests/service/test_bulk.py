@@ -21,10 +21,10 @@ from service.app import create_app
 from service.bulk import FilePipeline, Progress
 from service.bulk_output import VectorFileError, load_vectors
 from service.cli import main
-from service.config import Settings
 from service.embed_folder import run_embed_folder
 from service.indexer import IndexerError, run_index
 from tests.service.conftest import audio_bytes, b64, image_bytes
+from tests.service.test_indexer import settings
 
 GOOD = ["a.wav", "b.wav", "sub/c.flac", "sub/d.wav", "sub/deeper/e.wav"]
 
@@ -41,10 +41,6 @@ def clips(tmp_path: Path) -> Path:
     (root / ".hidden.wav").write_bytes(audio_bytes(0.5))
     (root / "manifest.csv").write_text("path,speaker\na.wav,m3\nsub/c.flac,f1\n")
     return root
-
-
-def settings(models_dir: Path, tmp_path: Path) -> Settings:
-    return Settings(models_dir=models_dir, data_dir=tmp_path / "data")
 
 
 def test_vectors_are_what_embed_returns(clips: Path, models_dir: Path, tmp_path: Path) -> None:
