@@ -16,7 +16,7 @@ from training.corpora import CorpusError
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("speech", "text", "images")
+KINDS = ("speech", "text", "images", "voices")
 
 
 def add_data_command(sub: argparse._SubParsersAction) -> None:
@@ -40,12 +40,22 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
         "--src",
         type=Path,
         help="text: a folder of .txt files (label = parent folder) to use "
-        "instead of the fortune quotes",
+        "instead of the fortune quotes; voices: a folder of speaker folders to use "
+        "instead of the packages",
     )
     p.add_argument(
         "--min-per-category", type=int, default=40, help="text: drop smaller fortune categories"
     )
     p.add_argument("--max-per-category", type=int, help="text: cap quotes per fortune category")
+    p.add_argument(
+        "--sources",
+        default="asterisk",
+        help="voices: comma-separated packages to take speakers from: asterisk (default), "
+        "ktuberling, klettres",
+    )
+    p.add_argument(
+        "--min-files", type=int, default=100, help="voices: fewest recordings for a speaker"
+    )
 
 
 def _build(args: argparse.Namespace) -> Path:
@@ -69,6 +79,12 @@ def _build(args: argparse.Namespace) -> Path:
             seed=args.seed,
             digits=not args.no_digits,
         )
+    if args.kind == "voices":
+        from training.corpora.voices import build_voices, folder_source, sources_named
+
+        names = [s.strip() for s in args.sources.split(",") if s.strip()]
+        sources = [folder_source(args.src)] if args.src else sources_named(names)
+        return build_voices(args.out, sources=sources, seed=args.seed, min_files=args.min_files)
     from training.corpora.text import build_fortunes, build_text_folder
 
     if args.src is not None:
