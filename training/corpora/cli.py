@@ -16,7 +16,7 @@ from training.corpora import CorpusError
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("speech", "text", "images", "voices")
+KINDS = ("speech", "text", "images", "voices", "fashion", "manpages")
 
 
 def add_data_command(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,12 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
         "--utterances", type=int, default=40, help="speech: utterances per speaker (default 40)"
     )
     p.add_argument("--workers", type=int, default=2, help="speech: parallel espeak-ng processes")
-    p.add_argument("--per-class", type=int, default=200, help="images: images per class")
+    p.add_argument(
+        "--per-class",
+        type=int,
+        help="images: images per class (default 200); fashion: at most N per class and split "
+        "(default: all)",
+    )
     p.add_argument("--size", type=int, default=64, help="images: side in pixels (default 64)")
     p.add_argument("--no-digits", action="store_true", help="images: skip the 8x8 digits set")
     p.add_argument(
@@ -41,12 +46,19 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="text: a folder of .txt files (label = parent folder) to use "
         "instead of the fortune quotes; voices: a folder of speaker folders to use "
-        "instead of the packages",
+        "instead of the packages; fashion: the folder of the IDX files; manpages: a folder "
+        "of manN/*.N[.gz] pages",
     )
     p.add_argument(
         "--min-per-category", type=int, default=40, help="text: drop smaller fortune categories"
     )
     p.add_argument("--max-per-category", type=int, help="text: cap quotes per fortune category")
+    p.add_argument(
+        "--max-words",
+        type=int,
+        default=400,
+        help="manpages: words kept after the NAME line (default 400; 0: the whole page)",
+    )
     p.add_argument(
         "--sources",
         default="asterisk",
@@ -74,7 +86,7 @@ def _build(args: argparse.Namespace) -> Path:
 
         return build_images(
             args.out,
-            per_class=args.per_class,
+            per_class=200 if args.per_class is None else args.per_class,
             size=args.size,
             seed=args.seed,
             digits=not args.no_digits,
@@ -85,6 +97,16 @@ def _build(args: argparse.Namespace) -> Path:
         names = [s.strip() for s in args.sources.split(",") if s.strip()]
         sources = [folder_source(args.src)] if args.src else sources_named(names)
         return build_voices(args.out, sources=sources, seed=args.seed, min_files=args.min_files)
+    if args.kind == "fashion":
+        from training.corpora.fashion import FASHION_DIR, build_fashion
+
+        return build_fashion(args.out, per_class=args.per_class, src=args.src or FASHION_DIR)
+    if args.kind == "manpages":
+        from training.corpora.manpages import build_manpages
+
+        return build_manpages(
+            args.out, seed=args.seed, max_words=args.max_words or None, src=args.src
+        )
     from training.corpora.text import build_fortunes, build_text_folder
 
     if args.src is not None:
