@@ -98,14 +98,22 @@ class ImagePreprocess(BaseModel):
 
 
 class TextPreprocess(BaseModel):
-    """Sentences split by rule, each a row of subword ids padded with `pad_id`."""
+    """A document cut into units (sentences, or chunks of tokens), each a row of subword ids.
+
+    `sentence_splitter` "rules-v1" makes one unit per sentence; "chunks-v1" cuts the
+    document's token stream into units of `chunk_tokens` tokens, so a one-sentence
+    text still has several steps. Rows are right-padded with `pad_id`.
+    """
 
     modality: Literal["text"] = "text"
     tokenizer_file: str = "tokenizer.json"
-    max_tokens: int = Field(64, gt=0, description="tokens kept per sentence")
-    max_sentences: int = Field(256, gt=0, description="sentences kept per document")
+    max_tokens: int = Field(64, gt=0, description="tokens kept per unit")
+    max_sentences: int = Field(256, gt=0, description="units kept per document")
     pad_id: int = 0
     sentence_splitter: str = "rules-v1"
+    chunk_tokens: int | None = Field(
+        None, gt=0, description='"chunks-v1": tokens per unit (the last one may be shorter)'
+    )
 
 
 Preprocess = Annotated[

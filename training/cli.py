@@ -28,7 +28,13 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     add_eval_command(sub)
     p = sub.add_parser("train", help="train a CPC model on a folder of unlabelled files")
     p.add_argument("--modality", choices=MODALITIES, required=True)
-    p.add_argument("--data", required=True, type=Path, help="folder of audio, image or .txt files")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        action="append",
+        help="folder of audio, image or .txt files; repeat it to train on several folders",
+    )
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, curves)")
     p.add_argument("--config", type=Path, help="JSON or TOML file overriding config fields")
     p.add_argument(
@@ -38,7 +44,7 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         help="starting sizes: default (2 CPU cores) or paper",
     )
     p.add_argument("--steps", type=int, help="total optimisation steps (extends a resumed run)")
-    p.add_argument("--split", help="train only on this split of the folder's manifest.csv")
+    p.add_argument("--split", help="train only on this split of each folder's manifest.csv")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     p.add_argument(

@@ -44,6 +44,9 @@ class ImageModelConfig:
 class TextModelConfig:
     vocab_size: int = 4000  # subword vocabulary learnt from the training folder
     max_tokens: int = 48  # tokens kept per sentence
+    # 0: one step per sentence (the paper); N: one step per N consecutive tokens of the
+    # document ("chunks-v1"), so a one-sentence text still has a future to predict
+    chunk_tokens: int = 0
     embed_dim: int = 128  # token embedding width
     channels: int = 256  # width of the sentence encoder's 1-D conv
     kernel_size: int = 3  # of that conv; a single layer keeps padding harmless

@@ -22,7 +22,7 @@ from service.bundle import ImagePreprocess, TextPreprocess
 from service.errors import CPCError
 from service.preprocess.audio import AUDIO_EXTENSIONS, load_audio
 from service.preprocess.image import IMAGE_EXTENSIONS, array_to_patches, image_to_array, load_image
-from service.preprocess.text import TextTokenizer, split_sentences
+from service.preprocess.text import CHUNK_SPLITTER, TextTokenizer, split_sentences
 from training.config import AudioModelConfig, ImageModelConfig, TextModelConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -218,9 +218,10 @@ def load_image_dataset(
 
 @dataclass
 class TextDataset:
-    """Sentences of every document in one stream; a sample is `window` consecutive sentences."""
+    """Units (sentences or token chunks) of every document in one stream; a sample is
+    `window` consecutive units."""
 
-    sentences: list[np.ndarray]  # int64 [tokens] per sentence, in corpus order
+    sentences: list[np.ndarray]  # int64 [tokens] per unit (sentence or chunk), in corpus order
     window: int
     pad_id: int
     documents: int = 0
@@ -240,6 +241,12 @@ class TextDataset:
 
 
 def text_spec(model: TextModelConfig) -> TextPreprocess:
+    if model.chunk_tokens:
+        return TextPreprocess(
+            max_tokens=max(model.max_tokens, model.chunk_tokens),
+            sentence_splitter=CHUNK_SPLITTER,
+            chunk_tokens=model.chunk_tokens,
+        )
     return TextPreprocess(max_tokens=model.max_tokens)
 
 
@@ -254,7 +261,7 @@ def load_text_dataset(
 ) -> TextDataset:
     sentences: list[np.ndarray] = []
     for _, doc in docs:
-        encoded = tokenizer.encode_sentences(doc)
+        encoded, _ = tokenizer.encode_units(doc)
         sentences.extend(
             row[row != pad_id] if (row != pad_id).any() else row[:1] for row in encoded
         )
@@ -280,12 +287,26 @@ class Datasets:
     tokenizer_path: Path | None = None
 
 
-def load_datasets(cfg: TrainConfig, data_dir: str | Path, run_dir: Path) -> Datasets:
-    """Read `data_dir` for `cfg.modality`; text also trains (or reuses) RUN_DIR/tokenizer.json."""
-    files = list_files(data_dir, extensions_for(cfg), cfg.data.split)
+DataDirs = str | Path | Sequence[str | Path]  # one data folder, or several trained on as one
+
+
+def data_folders(data_dir: DataDirs) -> list[Path]:
+    """The folders of `data_dir` (one path, or several), in order."""
+    folders = [Path(data_dir)] if isinstance(data_dir, str | Path) else [Path(d) for d in data_dir]
+    if not folders:
+        raise DataError("no data folder given")
+    return folders
+
+
+def load_datasets(cfg: TrainConfig, data_dir: DataDirs, run_dir: Path) -> Datasets:
+    """Read the data folder(s) for `cfg.modality` (`cfg.data.split` applies to each one's
+    manifest); text also trains (or reuses) RUN_DIR/tokenizer.json."""
+    folders = data_folders(data_dir)
+    files = [f for d in folders for f in list_files(d, extensions_for(cfg), cfg.data.split)]
     train_files, val_files = split_files(files, cfg.data.val_fraction, cfg.seed)
     desc: dict[str, Any] = {
-        "folder": str(Path(data_dir).resolve()),
+        "folder": str(folders[0].resolve()),
+        **({"folders": [str(d.resolve()) for d in folders]} if len(folders) > 1 else {}),
         "split": cfg.data.split,
         "files_found": len(files),
         "train_files": len(train_files),
@@ -309,7 +330,10 @@ def load_datasets(cfg: TrainConfig, data_dir: str | Path, run_dir: Path) -> Data
     spec = text_spec(model)
     train_docs = read_documents(train_files)
     if not train_docs:
-        raise DataError(f"no sentences found in the {len(train_files)} text files of {data_dir}")
+        raise DataError(
+            f"no sentences found in the {len(train_files)} text files of "
+            f"{', '.join(map(str, folders))}"
+        )
     tok_path = run_dir / spec.tokenizer_file
     if not tok_path.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)

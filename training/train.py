@@ -33,7 +33,7 @@ from training import distributed
 from training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from training.config import TrainConfig, config_from_dict
 from training.curves import CurveWriter
-from training.data import Dataset, Datasets, load_datasets
+from training.data import DataDirs, Dataset, Datasets, load_datasets
 from training.device import autocast_dtype, resolve_device_here
 from training.distributed import RankInfo
 from training.infonce import BatchShard, CPCCriterion, CPCLossOutput
@@ -218,7 +218,7 @@ def _attach_log_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _load_data(cfg: TrainConfig, data_dir: str | Path, run_dir: Path, ranks: RankInfo) -> Datasets:
+def _load_data(cfg: TrainConfig, data_dir: DataDirs, run_dir: Path, ranks: RankInfo) -> Datasets:
     """Every rank decodes the data; rank 0 first, so a text run's tokenizer is made once.
 
     Rank 0 then hands its tokenizer file to the others, which on another
@@ -243,7 +243,7 @@ def _load_data(cfg: TrainConfig, data_dir: str | Path, run_dir: Path, ranks: Ran
 
 def train(
     cfg: TrainConfig | None,
-    data_dir: str | Path,
+    data_dir: DataDirs,
     run_dir: str | Path,
     *,
     resume: bool = False,

@@ -1,10 +1,13 @@
 """Text preprocessing shared by training and the service.
 
-A document is split into sentences by fixed rules ("rules-v1", see
-`split_sentences`), and each sentence becomes a row of subword ids from the
-bundle's `tokenizers` file, truncated to `max_tokens` and right-padded with
-`pad_id`. The rules are part of the bundle contract: changing them changes
-what a trained model sees, so a new rule set needs a new splitter name.
+A document is cut into units, each a row of subword ids from the bundle's
+`tokenizers` file, truncated to `max_tokens` and right-padded with `pad_id`.
+Two splitters exist: "rules-v1" makes one unit per sentence (fixed rules, see
+`split_sentences`); "chunks-v1" joins the sentences with single spaces,
+tokenises the whole text and cuts the ids into consecutive units of
+`chunk_tokens`, so short texts still give the autoregressor several steps.
+The rules are part of the bundle contract: changing them changes what a
+trained model sees, so a new rule set needs a new splitter name.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from service.errors import BundleError, InvalidInput
 
 logger = logging.getLogger(__name__)
 
-SPLITTER = "rules-v1"
+SPLITTER = "rules-v1"  # one unit per sentence
+CHUNK_SPLITTER = "chunks-v1"  # units of `chunk_tokens` consecutive tokens
+SPLITTERS = (SPLITTER, CHUNK_SPLITTER)
 UNK_TOKENS = ("[UNK]", "<unk>", "<UNK>")
 
 # Words that end in a period without ending the sentence (compared lower-case,
@@ -147,11 +152,13 @@ class TextTokenizer:
     """A `tokenizers` file plus the bundle's padding and length rules."""
 
     def __init__(self, tokenizer: Tokenizer, spec: TextPreprocess) -> None:
-        if spec.sentence_splitter != SPLITTER:
+        if spec.sentence_splitter not in SPLITTERS:
             raise BundleError(
                 f"sentence splitter {spec.sentence_splitter!r} is not "
-                f"supported (this release has {SPLITTER!r})"
+                f"supported (this release has {', '.join(map(repr, SPLITTERS))})"
             )
+        if spec.sentence_splitter == CHUNK_SPLITTER and not spec.chunk_tokens:
+            raise BundleError(f"the {CHUNK_SPLITTER!r} splitter needs chunk_tokens")
         tokenizer.no_padding()
         tokenizer.no_truncation()
         self._tok = tokenizer
@@ -189,19 +196,37 @@ class TextTokenizer:
             out[i, : len(row)] = row
         return out
 
-    def encode_document(self, text: str) -> tuple[np.ndarray, list[str]]:
-        """Split, keep the first `max_sentences` sentences, encode.
+    def encode_chunks(self, sentences: list[str]) -> tuple[np.ndarray, list[str]]:
+        """The "chunks-v1" units: int64 [U, L] runs of `chunk_tokens` ids of the joined
+        sentences, at most `max_sentences` of them, and the text of each unit (decoded)."""
+        size = self.spec.chunk_tokens or self.spec.max_tokens
+        ids = self._tok.encode(" ".join(sentences)).ids if sentences else []
+        rows = [ids[i : i + size] for i in range(0, len(ids), size)] or [[self.unk_id]]
+        rows = rows[: self.spec.max_sentences]
+        out = np.full((len(rows), max(len(r) for r in rows)), self.spec.pad_id, dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out, [self._tok.decode(r).strip() for r in rows]
 
-        Returns (ids [S, L], the sentences kept). InvalidInput if the text
-        holds no sentence (empty or only whitespace).
-        """
-        sentences = split_sentences(text)
-        if not sentences:
-            raise InvalidInput("the text input is empty or only whitespace")
+    def encode_units(self, sentences: list[str]) -> tuple[np.ndarray, list[str]]:
+        """The units of a split document, by the bundle's splitter: (ids [U, L], unit texts)."""
+        if self.spec.sentence_splitter == CHUNK_SPLITTER:
+            return self.encode_chunks(sentences)
         if len(sentences) > self.spec.max_sentences:
             logger.debug("keeping %d of %d sentences", self.spec.max_sentences, len(sentences))
             sentences = sentences[: self.spec.max_sentences]
         return self.encode_sentences(sentences), sentences
+
+    def encode_document(self, text: str) -> tuple[np.ndarray, list[str]]:
+        """Split, cut into units (at most `max_sentences`), encode.
+
+        Returns (ids [U, L], the text of each unit kept). InvalidInput if the
+        text holds no sentence (empty or only whitespace).
+        """
+        sentences = split_sentences(text)
+        if not sentences:
+            raise InvalidInput("the text input is empty or only whitespace")
+        return self.encode_units(sentences)
 
 
 def pad_token_batch(arrays: list[np.ndarray], pad_id: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.bundle import TextPreprocess
-from service.errors import InvalidInput
+from service.errors import BundleError, InvalidInput
 from service.preprocess import TextTokenizer, pad_token_batch, sniff_modality, split_sentences
 from training.tokenizer import train_tokenizer
 
@@ -103,6 +103,31 @@ def test_encode_document(tokenizer_file: Path) -> None:
         with pytest.raises(InvalidInput) as err:
             tok.encode_document(text)
         assert err.value.status_code == 400
+
+
+def test_chunk_splitter_gives_short_texts_several_steps(tokenizer_file: Path) -> None:
+    spec = TextPreprocess(sentence_splitter="chunks-v1", chunk_tokens=3, max_sentences=4)
+    tok = TextTokenizer.from_file(tokenizer_file, spec)
+    text = "The quick brown fox jumps over the lazy dog."
+    ids, units = tok.encode_document(text)
+    stream = tok.encode_sentences([text])[0]
+    stream = stream[stream != spec.pad_id]
+    # one sentence, cut into units of 3 consecutive tokens (the last may be shorter)
+    assert ids.shape == (min(4, -(-len(stream) // 3)), 3)
+    np.testing.assert_array_equal(ids.reshape(-1)[: min(12, len(stream))], stream[:12])
+    # each unit's text is what its tokens read: together, the start of the text
+    assert len(units) == ids.shape[0]
+    assert text.lower().replace(" ", "").startswith("".join(units).replace(" ", ""))
+    # sentences are joined: the same words as one or two sentences give the same units
+    two, _ = tok.encode_document("The quick brown fox.\n\nJumps over the lazy dog.")
+    one, _ = tok.encode_document("The quick brown fox. Jumps over the lazy dog.")
+    np.testing.assert_array_equal(two, one)
+    with pytest.raises(InvalidInput):
+        tok.encode_document("  ")
+    with pytest.raises(BundleError, match="chunk_tokens"):
+        TextTokenizer.from_file(tokenizer_file, TextPreprocess(sentence_splitter="chunks-v1"))
+    with pytest.raises(BundleError, match="not supported"):
+        TextTokenizer.from_file(tokenizer_file, TextPreprocess(sentence_splitter="words-v9"))
 
 
 def test_pad_token_batch() -> None:

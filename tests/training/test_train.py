@@ -122,3 +122,33 @@ def test_bf16_autocast_trains_on_the_cpu_with_an_fp32_loss(
     out = trainer.step()
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_several_folders_train_as_one(tmp_path: Path) -> None:
+    first = make_audio_folder(tmp_path / "a", files=3)
+    second = make_audio_folder(tmp_path / "b", files=2, seed=1)
+    cfg = tiny_config("audio")
+    cfg.data.val_fraction = 0.0
+    sets = load_datasets(cfg, [first, second], tmp_path / "run")
+    assert sets.train.describe()["files"] == 5
+    assert sets.description["folders"] == [str(first.resolve()), str(second.resolve())]
+    assert sets.description["folder"] == str(first.resolve())  # the default calibration data
+    assert "folders" not in load_datasets(cfg, first, tmp_path / "run").description
+    with pytest.raises(DataError, match="does not exist"):
+        load_datasets(cfg, [first, tmp_path / "missing"], tmp_path / "run")
+
+
+def test_text_chunks_give_one_sentence_documents_several_steps(tmp_path: Path) -> None:
+    data = tmp_path / "short"
+    data.mkdir()
+    for i in range(12):
+        (data / f"q{i}.txt").write_text(f"A single sentence of quote number {i} ends here.")
+    cfg = tiny_config("text")
+    cfg.model.chunk_tokens = 4  # type: ignore[union-attr]
+    sets = load_datasets(cfg, data, tmp_path / "run")
+    units = sets.train.describe()["sentences"]
+    assert units >= 2 * sets.train.describe()["documents"]  # several units per one-sentence text
+    trainer = build_trainer(cfg, sets)
+    batch = sets.train.sample(4, np.random.default_rng(0))
+    assert batch.shape[2] <= 4  # each unit holds at most chunk_tokens ids
+    assert np.isfinite(trainer.step().loss.item())
