@@ -13,6 +13,13 @@ folder unlabelled (it ignores the manifest).
 - `images.build_images`: procedural textures and shapes, label = class,
   under `out/shapes/`, and scikit-learn's 8x8 digits under `out/digits/`.
 
+Real data that Debian packages ship:
+
+- `voices.build_voices`: recorded human speakers (Asterisk's prompts; the KDE
+  games' voices on request), label = speaker.
+- `fashion.build_fashion`: Fashion-MNIST product photos, label = class.
+- `manpages.build_manpages`: the Linux man pages, label = section.
+
 All builders are deterministic under their seed. Import the builders from
 their modules; this package only defines the shared error so that importing
 it stays cheap.

@@ -1,4 +1,8 @@
-"""The `cpc-embed data {speech,text,images} --out DIR` subcommand: build a built-in corpus.
+"""The `cpc-embed data KIND --out DIR` subcommand: build a labelled corpus with its manifest.
+
+Synthetic or generated: speech, text (the fortunes), images. Real data from
+Debian packages: voices (recorded speakers), fashion (Fashion-MNIST photos),
+manpages (Linux man pages by section).
 
 Importing this module only declares arguments; the builders are imported when
 the command runs.
@@ -23,7 +27,8 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
     """Register `data` on the `cpc-embed` subparsers."""
     p = sub.add_parser(
         "data",
-        help="build a built-in labelled corpus (speech, text or images) with its manifest.csv",
+        help="build a labelled corpus (speech, voices, text, manpages, images, fashion) "
+        "with its manifest.csv",
     )
     p.add_argument("kind", choices=KINDS, help="which corpus to build")
     p.add_argument("--out", required=True, type=Path, help="corpus folder to write")
