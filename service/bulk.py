@@ -3,9 +3,10 @@
 `FilePipeline` is what `cpc-embed index` and `cpc-embed embed-folder` share:
 files are read and prepared (decoded, preprocessed: `to_raw` →
 `OnnxEncoder.prepare`, the service's own steps) in a pool of threads while the
-previous batch runs through onnxruntime; every vector is the mean of the
-context layer over its valid steps, L2-normalised, so it equals what `/embed`
-returns for the file with default options. Decoders (libsndfile, soxr,
+previous batch runs through onnxruntime; every vector pools the context
+layer over its valid steps (`pooling`: mean by default, or last or stats, see
+`service.pooling`), L2-normalised, so it equals what `/embed` returns for the
+file with that pooling. Decoders (libsndfile, soxr,
 Pillow) and onnxruntime release the GIL, so threads overlap them without
 copying arrays between processes. Files are taken in order of size, so the
 inputs of one call have similar lengths and little padding: on the speech
@@ -35,7 +36,7 @@ from service.batcher import MAX_BATCH_ELEMENTS, split_by_budget
 from service.encoder import OnnxEncoder, Prepared
 from service.errors import CPCError
 from service.inputs import to_raw
-from service.pooling import l2_normalize, pool
+from service.pooling import VectorPooling, l2_normalize, pool
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def by_size(todo: Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:
 class EmbeddedBatch:
     """The outcome of one batch of files, each list in the order the files were given."""
 
-    items: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (name, float32 [D])
+    items: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (name, float32 [dim])
     failures: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
 
     @property
@@ -94,8 +95,11 @@ class EmbeddedBatch:
 class FilePipeline:
     """Files → vectors with one bundle: threads prepare, onnxruntime embeds a batch at a time."""
 
-    def __init__(self, encoder: OnnxEncoder, workers: int | None = None) -> None:
+    def __init__(
+        self, encoder: OnnxEncoder, workers: int | None = None, pooling: VectorPooling = "mean"
+    ) -> None:
         self.encoder = encoder
+        self.pooling: VectorPooling = pooling
         self.workers = workers or default_workers()
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
@@ -106,12 +110,12 @@ class FilePipeline:
         return self.encoder.prepare(raw)
 
     def embed(self, prepared: list[tuple[int, Prepared]]) -> dict[int, np.ndarray]:
-        """Mean-pooled, L2-normalised context vectors of prepared inputs, by their key."""
+        """Pooled, L2-normalised context vectors of prepared inputs, by their key."""
         vectors: dict[int, np.ndarray] = {}
         for group in budget_groups(prepared):
             outputs = self.encoder.run([p for _, p in group])
             for (key, _), (_, c) in zip(group, outputs, strict=True):
-                vectors[key] = l2_normalize(pool(c, "mean"))
+                vectors[key] = l2_normalize(pool(c, self.pooling))
         return vectors
 
     def batches(self, todo: Sequence[tuple[str, Path]], batch: int) -> Iterator[EmbeddedBatch]:

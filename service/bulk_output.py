@@ -3,7 +3,8 @@
 The finished file holds, as plain NumPy arrays (no pickles):
 
 - `ids`: unicode [N], the files' paths relative to the folder ('/' separators), sorted;
-- `vectors`: float32 [N, D], mean-pooled context vectors, L2-normalised;
+- `vectors`: float32 [N, dim], pooled context vectors, L2-normalised (`meta`'s
+  pooling: mean, last, or stats with dim 2·D);
 - `failed_ids`, `failed_reasons`: unicode [F], the files that could not be embedded;
 - `meta`: a JSON string: format, model, modality, dims, layer, pooling, normalized.
 
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from service.index import fsync_dir
+from service.pooling import VECTOR_POOLINGS, VectorPooling, pooled_dim
 
 FORMAT = "cpc-embed-vectors-1"
 SUFFIX = ".npz"
@@ -53,6 +55,12 @@ class VectorFile:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    @property
+    def pooling(self) -> VectorPooling:
+        """How the vectors pool the steps (checked by `load_vectors`)."""
+        pooling: VectorPooling = self.meta.get("pooling", "mean")
+        return pooling
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -90,6 +98,8 @@ def load_vectors(path: Path) -> VectorFile:
         raise VectorFileError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     if vectors.ndim != 2 or vectors.shape[0] != len(ids):
         raise VectorFileError(f"{path}: {len(ids)} ids but vectors of shape {vectors.shape}")
+    if meta.get("pooling", "mean") not in VECTOR_POOLINGS:
+        raise VectorFileError(f"{path}: unknown pooling {meta.get('pooling')!r}")
     return VectorFile(ids, vectors, meta, failed)
 
 
@@ -118,10 +128,17 @@ class ShardWriter:
 
     def _same_model(self, found: dict[str, Any], where: Path) -> None:
         keys = ("model", "dims", "layer", "pooling", "normalized")
-        if any(found.get(k) != self.meta.get(k) for k in keys):
+        differ = [k for k in keys if found.get(k) != self.meta.get(k)]
+        if "model" in differ:
             raise VectorFileError(
                 f"{where} holds vectors of model {found.get('model')!r}, not "
                 f"{self.meta['model']!r}: choose another --out, or delete it to start over"
+            )
+        if differ:
+            what = ", ".join(f"{k} {found.get(k)!r}, not {self.meta.get(k)!r}" for k in differ)
+            raise VectorFileError(
+                f"{where} holds vectors of model {found.get('model')!r} with {what}: choose "
+                "another --out, or delete it to start over"
             )
 
     def _shards(self) -> list[Path]:
@@ -157,7 +174,7 @@ class ShardWriter:
             with np.load(shard, allow_pickle=False) as data:
                 ids.extend(str(i) for i in data["ids"])
                 blocks.append(np.asarray(data["vectors"], dtype=np.float32))
-        dim = int(self.meta["dims"]["context"])
+        dim = pooled_dim(int(self.meta["dims"]["context"]), self.meta["pooling"])
         vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
         # One row per id (a later shard wins), sorted by id.
         last = {name: i for i, name in enumerate(ids)}

@@ -36,6 +36,13 @@ INSTALL_HINT = (
 )
 
 
+def _vector_poolings() -> tuple[str, ...]:
+    """What `--pooling` takes: the poolings that give one vector per file."""
+    from service.pooling import VECTOR_POOLINGS
+
+    return VECTOR_POOLINGS
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP API")
     p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -81,6 +88,12 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="decoding threads (default: one per core, >= 2)")
     p.add_argument("--index", choices=("flat", "ivf"), default="flat", help="for a new collection")
     p.add_argument(
+        "--pooling",
+        choices=_vector_poolings(),
+        help="for a new collection (default mean, or that of --vectors); an existing "
+        "collection keeps its own",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="write even if a server uses the data dir (then restart the server)",
@@ -92,7 +105,7 @@ def _add_embed_folder(sub: argparse._SubParsersAction) -> None:
         "embed-folder",
         help="embed every file of a folder offline into a .npz of ids and vectors (resumable)",
         description="Embed every file of DIR with BUNDLE, in this process (no server), into "
-        "FILE.npz: `ids` (paths relative to DIR), `vectors` (mean-pooled, L2-normalised c), "
+        "FILE.npz: `ids` (paths relative to DIR), `vectors` (pooled, L2-normalised c), "
         "`failed_ids`/`failed_reasons` and `meta`. Resumable: a rerun skips what is done. "
         "`cpc-embed index COLLECTION --vectors FILE.npz` loads it into a collection.",
     )
@@ -107,6 +120,13 @@ def _add_embed_folder(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=2048,
         help="vectors saved per shard (an interruption loses at most this many)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=_vector_poolings(),
+        default="mean",
+        help="mean (default), last, or stats: mean ⊕ standard deviation over valid steps, "
+        "dimension 2·D",
     )
 
 

@@ -3,11 +3,12 @@
 - `open_collections`: at start-up, open every collection on disk and make sure
   each loaded bundle has the collection named after it.
 - `prepare_items`: validate a whole upsert (ids, metadata, vectors) and embed
-  its inputs through `embed_inputs`, the batching path /embed uses, so that a
-  batch is refused before anything is written; then make what each item keeps
-  as its original (see `service.originals`) in a worker thread, from the same
-  decoded inputs.
-- `query_vector`: the vector a search looks for (embedded or given).
+  its inputs through `embed_inputs`, the batching path /embed uses, with the
+  collection's pooling, so that a batch is refused before anything is
+  written; then make what each item keeps as its original (see
+  `service.originals`) in a worker thread, from the same decoded inputs.
+- `query_vector`: the vector a search looks for (given, or embedded with the
+  collection's pooling).
 - `write_items` / `delete_item`: the blocking, fsynced store writes, run in a
   worker thread, followed by the cpc_collection_items gauge.
 
@@ -93,7 +94,7 @@ def open_collections(manager: CollectionManager, registry: ModelRegistry, metric
     manager.open_all()
     for served in registry:
         try:
-            manager.ensure(served.name, model=served.name, dim=served.dim)
+            manager.ensure(served.name, model=served.name, width=served.dim)
         except CPCError as exc:
             logger.error(
                 "collection '%s' for model '%s' is not usable as the model's default: %s",
@@ -196,7 +197,7 @@ async def prepare_items(
         except CPCError as exc:
             raise _at_items(exc, to_embed) from exc
         decoded = [PlainText(raw) if isinstance(raw, str) else raw for raw in raws]
-        embedded = await _embed(served, registry, settings, decoded, where=to_embed)
+        embedded = await _embed(coll, served, registry, settings, decoded, where=to_embed)
         for j, i in enumerate(to_embed):
             try:
                 vectors[i] = prepare_vector(embedded[j], coll.dim, coll.name)
@@ -220,20 +221,25 @@ def _at_items(exc: CPCError, where: Sequence[int]) -> CPCError:
 
 
 async def _embed(
+    coll: Collection,
     served: ServedModel,
     registry: ModelRegistry,
     settings: Settings,
     inputs: Sequence[ApiInput],
     where: Sequence[int] | None = None,
 ) -> list[np.ndarray]:
-    """The /embed default vectors of `inputs` with a collection's model.
+    """The normalised context vectors of `inputs` with `coll`'s model (`served`) and pooling.
 
     With `where` (the item index of each input), an error about "input j" is
     reported as one about "items[where[j]].input".
     """
     try:
         result = await embed_inputs(
-            registry, inputs, model=served.name, max_batch=settings.max_batch
+            registry,
+            inputs,
+            model=served.name,
+            pooling=coll.info.pooling,
+            max_batch=settings.max_batch,
         )
     except CPCError as exc:
         if where is None:
@@ -283,5 +289,5 @@ async def query_vector(
         return prepare_vector(vector, coll.dim, coll.name)
     if input is None:
         raise InvalidInput("give exactly one of `input` and `vector`")
-    (embedded,) = await _embed(model_of(coll, registry), registry, settings, [input])
+    (embedded,) = await _embed(coll, model_of(coll, registry), registry, settings, [input])
     return prepare_vector(embedded, coll.dim, coll.name)

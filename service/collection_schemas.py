@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from service.pooling import VECTOR_POOLINGS, VectorPooling
 
 IndexKind = Literal["flat", "ivf"]
 Number = Annotated[float, Field(strict=True)]
@@ -90,6 +92,22 @@ class CreateCollectionRequest(BaseModel):
     index: IndexKind = Field(
         default="flat", description="flat (exact) or ivf (approximate, supports deletion)"
     )
+    pooling: VectorPooling = Field(
+        default="mean",
+        description="how inputs embedded for the collection pool their steps, as in /embed: "
+        "mean, last, or stats (mean ⊕ standard deviation over valid steps, dimension 2·D); "
+        "the collection's dim follows from it",
+    )
+
+    @field_validator("pooling", mode="before")
+    @classmethod
+    def _one_vector_per_item(cls, value: Any) -> Any:
+        if value == "none":
+            raise ValueError(
+                "a collection holds one vector per item, so its pooling is one of "
+                f"{', '.join(VECTOR_POOLINGS)}, not none"
+            )
+        return value
 
 
 class CollectionDescription(BaseModel):
@@ -97,7 +115,8 @@ class CollectionDescription(BaseModel):
 
     name: str
     model: str
-    dim: int
+    dim: int = Field(description="values per vector: the model's width D, 2·D if pooling stats")
+    pooling: VectorPooling
     count: int
     index: str
 

@@ -16,6 +16,10 @@ immutable vector, so the index holds exactly the store's seqs afterwards: an
 entry with no row is removed, a row with no entry is added); a snapshot that
 is unreadable or of another kind is ignored and the index rebuilt.
 
+A collection's pooling (`mean`, `last` or `stats`, fixed at creation and
+kept in its store, see `service.store`) is how inputs embedded for it pool
+their steps; its dim follows from it and the model's width.
+
 Layout: `<data_dir>/collections/<name>/{items.sqlite3, index.faiss}`.
 """
 
@@ -46,6 +50,7 @@ from service.index import (
     load_index,
     make_index,
 )
+from service.pooling import VECTOR_POOLINGS, VectorPooling, pooled_dim
 from service.store import CollectionInfo, Item, ItemStore, Original, dump_metadata
 
 logger = logging.getLogger(__name__)
@@ -315,6 +320,7 @@ class Collection:
             "name": info.name,
             "model": info.model,
             "dim": info.dim,
+            "pooling": info.pooling,
             "count": self.count(),
             "index": info.index,
         }
@@ -509,11 +515,24 @@ class CollectionManager:
                 else:
                     logger.warning("ignoring %s: not a collection folder", folder)
 
-    def create(self, name: str, model: str, dim: int, index: str = "flat") -> Collection:
-        """A new empty collection; Conflict if the name is taken."""
+    def create(
+        self,
+        name: str,
+        model: str,
+        dim: int,
+        index: str = "flat",
+        pooling: VectorPooling = "mean",
+    ) -> Collection:
+        """A new empty collection of `dim`-value vectors pooled with `pooling`; Conflict if
+        the name is taken."""
         validate_collection_name(name)
         if index not in INDEX_KINDS:
             raise InvalidInput(f"unknown index '{index}'; choose one of {', '.join(INDEX_KINDS)}")
+        if pooling not in VECTOR_POOLINGS:
+            raise InvalidInput(
+                f"unknown pooling {pooling!r} for a collection; choose one of "
+                f"{', '.join(VECTOR_POOLINGS)}"
+            )
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise InvalidInput(f"dim must be a positive whole number, not {dim!r}")
         if not isinstance(model, str) or not model:
@@ -526,7 +545,7 @@ class CollectionManager:
             tmp = self.root / f".new-{name}-{uuid.uuid4().hex}"
             tmp.mkdir()
             try:
-                info = CollectionInfo(name=name, model=model, dim=dim, index=index)
+                info = CollectionInfo(name, model, dim, index, pooling)
                 ItemStore.create(tmp / STORE_FILE, info).close()
                 fsync_dir(tmp)
                 os.rename(tmp, final)
@@ -536,7 +555,14 @@ class CollectionManager:
                 raise
             coll = self._open(final)
             self._collections[name] = coll
-            logger.info("created collection '%s' (model %s, dim %d, %s)", name, model, dim, index)
+            logger.info(
+                "created collection '%s' (model %s, %s pooling, dim %d, %s)",
+                name,
+                model,
+                pooling,
+                dim,
+                index,
+            )
             return coll
 
     def get(self, name: str) -> Collection:
@@ -564,16 +590,19 @@ class CollectionManager:
         with self._lock:
             return [self._collections[name] for name in sorted(self._collections)]
 
-    def ensure(self, name: str, model: str, dim: int) -> Collection:
-        """The collection `name` of `model`, created (flat) if absent; Conflict if it differs."""
+    def ensure(self, name: str, model: str, width: int) -> Collection:
+        """The collection `name` of `model` (context layer `width` values wide), created
+        (flat, mean pooled) if absent; Conflict if it holds other vectors."""
         with self._lock:
             coll = self._collections.get(name)
             if coll is None:
-                return self.create(name, model, dim)
+                return self.create(name, model, width)
+        dim = pooled_dim(width, coll.info.pooling)
         if coll.info.model != model or coll.dim != dim:
             raise Conflict(
                 f"collection '{name}' holds model '{coll.info.model}' vectors of dim {coll.dim}, "
-                f"but model '{model}' gives dim {dim}; delete the collection or rename the model"
+                f"but model '{model}' gives dim {dim} ({coll.info.pooling} pooling); delete the "
+                "collection or rename the model"
             )
         return coll
 

@@ -13,8 +13,10 @@ collection.
 - Ids are the files' paths relative to DIR with '/' separators, as `cpc-embed
   index` names them; hidden files, DIR/manifest.csv and the output itself are
   left out.
-- Every vector is the mean of the context vectors c_t over the file's valid
-  steps, L2-normalised: what `/embed` returns for the file by default.
+- Every vector pools the context vectors c_t over the file's valid steps
+  (`--pooling`: mean by default; last; or stats, mean ⊕ standard deviation,
+  2·D values), L2-normalised: what `/embed` returns for the file with that
+  pooling.
 - Files that cannot be read or decoded (or are of another modality) are
   counted, logged (the first few) and listed in the output; a rerun retries
   them.
@@ -38,6 +40,7 @@ from service.config import Settings
 from service.encoder import OnnxEncoder
 from service.errors import BundleError, CPCError
 from service.indexer_files import MANIFEST, IndexerError, item_id, list_files
+from service.pooling import VectorPooling
 
 logger = logging.getLogger(__name__)
 DEFAULT_SHARD = 2048  # vectors per shard: what an interruption can lose at most
@@ -71,7 +74,7 @@ def resolve_bundle(bundle: str, models_dir: Path) -> Path:
     )
 
 
-def _meta(encoder: OnnxEncoder) -> dict[str, Any]:
+def _meta(encoder: OnnxEncoder, pooling: VectorPooling) -> dict[str, Any]:
     spec = encoder.spec
     return {
         "model": spec.name,
@@ -80,7 +83,7 @@ def _meta(encoder: OnnxEncoder) -> dict[str, Any]:
         "model_file": encoder.model_file,
         "dims": spec.dims.model_dump(),
         "layer": "context",
-        "pooling": "mean",
+        "pooling": pooling,
         "normalized": True,
     }
 
@@ -94,6 +97,7 @@ def run_embed_folder(
     batch: int = 32,
     workers: int | None = None,
     shard_size: int = DEFAULT_SHARD,
+    pooling: VectorPooling = "mean",
 ) -> EmbedFolderReport:
     """Embed every file of `data` not yet in `out` (or its shards) and write `out`."""
     if batch < 1 or shard_size < 1:
@@ -102,13 +106,13 @@ def run_embed_folder(
         raise IndexerError(f"{data}: not a folder")
     folder = resolve_bundle(bundle, settings.models_dir)
     encoder = OnnxEncoder.from_settings(folder, settings)
-    writer = ShardWriter(out, _meta(encoder))
+    writer = ShardWriter(out, _meta(encoder, pooling))
     files = list_files(data, exclude=[data / MANIFEST, out])
     report = EmbedFolderReport(encoder.name, out, files=len(files))
     done = writer.done_ids()
     todo = [(name, path) for path in files if (name := item_id(path, data)) not in done]
     report.skipped = len(files) - len(todo)
-    pipeline = FilePipeline(encoder, workers)
+    pipeline = FilePipeline(encoder, workers, pooling)
     progress = Progress(len(todo), f"embed-folder {encoder.name}", log=logger)
     ids: list[str] = []
     vectors: list[np.ndarray] = []
@@ -160,6 +164,7 @@ def main(args: argparse.Namespace) -> int:
             batch=args.batch,
             workers=args.workers,
             shard_size=args.shard_size,
+            pooling=args.pooling,
         )
     except (IndexerError, VectorFileError, BundleError, CPCError, ValueError) as exc:
         logger.error("cpc-embed embed-folder: %s", getattr(exc, "detail", exc))

@@ -20,7 +20,7 @@ from service.bundle import AudioPreprocess, ImagePreprocess
 from service.encoder import OnnxEncoder, Prepared
 from service.errors import CPCError
 from service.inputs import ApiInput, check_batch, infer_modality, to_raw
-from service.pooling import Pooling, l2_normalize, pool
+from service.pooling import Pooling, l2_normalize, pool, pooled_dim
 from service.registry import ModelRegistry, ServedModel
 from service.schemas import Layer
 
@@ -38,15 +38,16 @@ class Embeddings:
     layer: Layer
     pooling: Pooling
     normalized: bool
-    vectors: list[np.ndarray]  # float32 [D] per input; [steps, D] under pooling "none"
+    vectors: list[np.ndarray]  # float32 [dim] per input; [steps, D] under pooling "none"
     steps: list[int]  # valid steps per input
     usage: list[int]  # tokens (text) or steps per input, as the OpenAI API counts
     sentences: list[list[str]] | None = None  # text: the sentences the steps stand for
 
     @property
     def dim(self) -> int:
+        """Values per vector (per step under "none"): the layer's width D, 2·D for "stats"."""
         dims = self.model.encoder.spec.dims
-        return dims.context if self.layer == "context" else dims.encoder
+        return pooled_dim(dims.context if self.layer == "context" else dims.encoder, self.pooling)
 
     def step_info(self) -> dict[str, Any]:
         """What a step is: hop_seconds (audio), grid (image) or sentences (text)."""

@@ -3,22 +3,24 @@
 It runs in-process, without a server and without torch: the bundle is loaded
 with `OnnxEncoder` and every file goes through the service's own encode steps
 (`service.bulk.FilePipeline`: `to_raw` → `prepare` in decoding threads → `run`
-→ mean pooling of the context layer → L2 normalisation), so an item's vector
-is what `/embed` returns for the file. Items are written through
+→ the collection's pooling of the context layer → L2 normalisation), so an
+item's vector is what the collection's upserts make of the file. Items are written through
 `Collection.upsert`, one fsynced transaction per batch, so a run that is
 interrupted loses at most the batch in progress.
 
 With `--vectors FILE.npz`, the vectors come from `cpc-embed embed-folder`
 instead (same ids, same vectors): nothing is embedded, the file's model must
 be a bundle of the models folder, and an existing collection must hold that
-model. Metadata then comes from `--metadata CSV` only.
+model with the file's pooling. Metadata then comes from `--metadata CSV` only.
 
 - Ids are the files' paths relative to DIR, with '/' separators. Hidden files
   and folders, the metadata CSV and DIR/manifest.csv are not indexed.
 - The collection is created when missing (flat unless `--index ivf`), for the
   model named by `--model`, else for the default bundle of the modality most
   of the files have (the bundle named after the modality, else the first of
-  that modality by name). An existing collection keeps its own model.
+  that modality by name), pooled with `--pooling` (default: mean, or the
+  pooling of `--vectors`). An existing collection keeps its own model and
+  pooling; a `--pooling` that differs is refused.
 - Metadata comes from `--metadata CSV`, else DIR/manifest.csv when present: a
   `path` (or `id`) column names the file, relative to DIR; every other
   non-empty cell becomes a metadata string.
@@ -72,6 +74,7 @@ from service.indexer_files import (
     list_files,
     read_metadata,
 )
+from service.pooling import VectorPooling, pooled_dim
 from service.registry import bundle_folders
 from service.store import ItemStore
 
@@ -128,15 +131,20 @@ def choose_bundle(
 
 
 def open_collection(
-    manager: CollectionManager, name: str, spec: BundleSpec, index: str
+    manager: CollectionManager,
+    name: str,
+    spec: BundleSpec,
+    index: str,
+    pooling: VectorPooling = "mean",
 ) -> Collection:
-    """The collection `name`, opened; created for `spec`'s model when it does not exist."""
+    """The collection `name`, opened; created for `spec`'s model and `pooling` when it does
+    not exist."""
     folder = manager.root / name
     if (folder / STORE_FILE).is_file():
         return Collection.open(
             folder, manager.index_params, max_metadata_bytes=manager.max_metadata_bytes
         )
-    return manager.create(name, spec.name, spec.dims.context, index)
+    return manager.create(name, spec.name, pooled_dim(spec.dims.context, pooling), index, pooling)
 
 
 def existing_model(manager: CollectionManager, name: str) -> str | None:
@@ -216,8 +224,13 @@ def run_index(
     force: bool = False,
     vectors: Path | None = None,
     workers: int | None = None,
+    pooling: VectorPooling | None = None,
 ) -> IndexReport:
-    """Embed every file of `data` (or take every vector of `vectors`) not stored yet."""
+    """Embed every file of `data` (or take every vector of `vectors`) not stored yet.
+
+    `pooling` is that of a new collection (default mean, or that of `vectors`); an
+    existing collection must have it.
+    """
     validate_collection_name(collection)
     if (data is None) == (vectors is None):
         raise IndexerError("give either --data DIR or --vectors FILE.npz")
@@ -245,7 +258,9 @@ def run_index(
             raise IndexerError(str(exc)) from exc
         if model is not None and model != loaded.model:
             raise IndexerError(f"{vectors} holds vectors of model '{loaded.model}', not '{model}'")
-        model = loaded.model
+        if pooling is not None and pooling != loaded.pooling:
+            raise IndexerError(f"{vectors} holds {loaded.pooling} pooled vectors, not {pooling}")
+        model, pooling = loaded.model, loaded.pooling
     set_faiss_threads(1)
     lock = DataDirLock(settings.data_dir, exclusive=True)
     if force:
@@ -256,7 +271,7 @@ def run_index(
     else:
         lock.acquire()
     try:
-        job = _Job(collection, metadata, settings, model, batch, index, workers)
+        job = _Job(collection, metadata, settings, model, batch, index, workers, pooling)
         if loaded is not None:
             return job.load_vectors(loaded)
         assert data is not None
@@ -276,6 +291,7 @@ class _Job:
     batch: int
     index: str
     workers: int | None
+    pooling: VectorPooling | None  # asked for (or that of --vectors); None: any
 
     def _choose(self, files: Sequence[Path]) -> tuple[CollectionManager, Path, BundleSpec]:
         manager = CollectionManager(
@@ -290,19 +306,32 @@ class _Job:
         folder, spec = choose_bundle(self.settings.models_dir, files, self.model or stored_model)
         return manager, folder, spec
 
+    def _open(self, manager: CollectionManager, spec: BundleSpec) -> Collection:
+        """The collection, opened or created; IndexerError if its pooling is not `pooling`."""
+        coll = open_collection(manager, self.collection, spec, self.index, self.pooling or "mean")
+        if self.pooling is not None and coll.info.pooling != self.pooling:
+            coll.close()
+            raise IndexerError(
+                f"collection '{coll.name}' holds {coll.info.pooling} pooled vectors, not "
+                f"{self.pooling}: delete the collection or index into another one"
+            )
+        return coll
+
     def embed_files(self, data: Path, files: list[Path]) -> IndexReport:
         manager, folder, spec = self._choose(files)
         encoder = OnnxEncoder.from_settings(folder, self.settings)
-        coll = open_collection(manager, self.collection, spec, self.index)
+        coll = self._open(manager, spec)
         try:
-            _check_dim(coll, encoder.name, encoder.spec.dims.context)
+            pooling = coll.info.pooling
+            _check_dim(coll, encoder.name, pooled_dim(encoder.spec.dims.context, pooling))
             report = IndexReport(coll.name, encoder.name, files=len(files))
             indexer = Indexer(coll, report)
             names = [item_id(path, data) for path in files]
             todo = [(names[i], files[i]) for i in indexer.todo(names)]
             progress = Progress(len(todo), f"index {coll.name}", log=logger)
             try:
-                for result in FilePipeline(encoder, self.workers).batches(todo, self.batch):
+                pipeline = FilePipeline(encoder, self.workers, pooling)
+                for result in pipeline.batches(todo, self.batch):
                     indexer.write_batch(result, self.metadata)
                     progress.update(result.size)
             finally:
@@ -313,7 +342,7 @@ class _Job:
 
     def load_vectors(self, loaded: VectorFile) -> IndexReport:
         manager, _, spec = self._choose([])
-        coll = open_collection(manager, self.collection, spec, self.index)
+        coll = self._open(manager, spec)
         try:
             _check_dim(coll, spec.name, loaded.dim)
             report = IndexReport(coll.name, spec.name, files=len(loaded.ids))
@@ -365,6 +394,7 @@ def main(args: argparse.Namespace) -> int:
             force=args.force,
             vectors=args.vectors,
             workers=args.workers,
+            pooling=args.pooling,
         )
     except (IndexerError, DataDirBusy, BundleError, CPCError) as exc:
         logger.error("cpc-embed index: %s", getattr(exc, "detail", exc))

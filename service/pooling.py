@@ -1,9 +1,13 @@
 """Pooling, normalisation and the base64 wire format of vectors.
 
-`pool` reduces the per-step vectors of one input ([steps, D]) to what a client
-asked for: their mean, the last one (c_t at the end sees the whole input, as
-the autoregressor is causal), or all of them. `to_base64` writes a vector as
-little-endian float32, the format of the OpenAI API's `encoding_format=base64`.
+`pool` reduces the per-step vectors of one input ([steps, D], its valid steps
+only) to what a client asked for: their mean; the last one (c_t at the end sees
+the whole input, as the autoregressor is causal); "stats", their mean and
+(population) standard deviation concatenated, [mean ⊕ std] of dimension 2·D,
+the x-vector idea: speaker and style tasks need the spread of the steps, which
+the mean drops; or all of them ("none"). `pooled_dim` is the dimension that
+comes out. `to_base64` writes a vector as little-endian float32, the format of
+the OpenAI API's `encoding_format=base64`.
 """
 
 from __future__ import annotations
@@ -13,19 +17,33 @@ from typing import Literal
 
 import numpy as np
 
-Pooling = Literal["mean", "last", "none"]
-POOLINGS: tuple[Pooling, ...] = ("mean", "last", "none")
+Pooling = Literal["mean", "last", "stats", "none"]
+POOLINGS: tuple[Pooling, ...] = ("mean", "last", "stats", "none")
+# The poolings that give one vector per input: what a collection (or a vectors file) holds.
+VectorPooling = Literal["mean", "last", "stats"]
+VECTOR_POOLINGS: tuple[VectorPooling, ...] = ("mean", "last", "stats")
 _EPS = 1e-12
 
 
+def pooled_dim(width: int, pooling: Pooling) -> int:
+    """The values per vector `pool` gives for a layer of `width` (per step under "none")."""
+    return 2 * width if pooling == "stats" else width
+
+
 def pool(vectors: np.ndarray, pooling: Pooling) -> np.ndarray:
-    """[steps, D] -> [D] ("mean", "last") or [steps, D] ("none"), as float32."""
+    """[steps, D] -> [D] ("mean", "last"), [2D] ("stats") or [steps, D] ("none"), as float32.
+
+    Means and standard deviations are computed in float64; one step has std 0.
+    """
     if vectors.ndim != 2 or vectors.shape[0] == 0:
         raise ValueError(f"expected [steps >= 1, D] vectors, got shape {vectors.shape}")
     if pooling == "mean":
         out = vectors.mean(axis=0, dtype=np.float64)
     elif pooling == "last":
         out = vectors[-1]
+    elif pooling == "stats":
+        wide = vectors.astype(np.float64)
+        out = np.concatenate([wide.mean(axis=0), wide.std(axis=0, ddof=0)])
     elif pooling == "none":
         out = vectors
     else:

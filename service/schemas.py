@@ -36,7 +36,9 @@ class EmbedOptions(BaseModel):
         default=None, description="use this modality's default model when `model` is not given"
     )
     pooling: Pooling = Field(
-        default="mean", description="mean or last step vector, or none (every step)"
+        default="mean",
+        description="mean or last step vector; stats: mean ⊕ standard deviation over the "
+        "valid steps (2·D values); or none (every step)",
     )
     layer: Layer = Field(
         default="context", description="context (c_t, the default) or encoder (z_t)"
@@ -68,7 +70,7 @@ class EmbedResponse(BaseModel):
     modality: Modality
     layer: Layer
     pooling: Pooling
-    dim: int
+    dim: int = Field(description="values per vector: the layer's width D (2·D under stats)")
     embeddings: list[EmbeddingItem]
     steps: list[int] | None = Field(default=None, description='pooling "none": steps per input')
     hop_seconds: float | None = Field(default=None, description='audio, pooling "none"')

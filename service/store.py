@@ -19,6 +19,14 @@ in the same transaction as its item: an upsert without one drops the old one,
 so an original always shows what the current vector was made from. Store
 files made before the table existed get it (empty) when they are opened.
 
+Pooling: the `meta` table's `pooling` row says how the collection's model
+vectors pool the steps of an input (`mean`, `last` or `stats`; see
+`service.pooling`). A store file without it (made before the row existed) is
+mean pooled. A store that is not mean pooled is written as format 2, so that
+a service from before pooling rows, which embeds every input with mean
+pooling, refuses to open it rather than mixing vectors; mean pooled stores
+stay format 1.
+
 Filters (`filter_seqs`) are metadata equality on top-level keys, with JSON
 semantics: a boolean is never equal to a number (`true` != `1`), numbers
 compare by value (`1` == `1.0`), strings compare exactly, `null` matches only
@@ -43,10 +51,11 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput, NotFound
+from service.pooling import VECTOR_POOLINGS, VectorPooling
 
 logger = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # the newest format this service reads (see "Pooling" above)
 _INT64_MAX = 2**63 - 1
 _CHUNK = 500  # seqs per `IN (...)` query, well under SQLite's variable limit
 
@@ -77,6 +86,7 @@ class CollectionInfo:
     model: str
     dim: int
     index: str
+    pooling: VectorPooling = "mean"
     created_at: str = ""
     format: int = STORE_FORMAT
 
@@ -158,6 +168,14 @@ def _sql_condition(key: str, value: Any) -> tuple[str, list[Any]] | None:
     return None
 
 
+def _vector_pooling(value: str) -> VectorPooling:
+    """`value` as a collection's pooling; ValueError if it is not one."""
+    for pooling in VECTOR_POOLINGS:
+        if value == pooling:
+            return pooling
+    raise ValueError(f"unknown pooling {value!r}; a collection's is one of {VECTOR_POOLINGS}")
+
+
 def _select_in(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterator[Any]:
     """The rows of `sql`, whose `{marks}` is an `IN` list, over `values` in chunks of _CHUNK."""
     for start in range(0, len(values), _CHUNK):
@@ -174,12 +192,14 @@ class ItemStore:
         self._lock = threading.RLock()
         self._closed = False
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        pooling = meta.get("pooling", "mean")  # no row: a store from before pooling rows
         try:
             self.info = CollectionInfo(
                 name=meta["name"],
                 model=meta["model"],
                 dim=int(meta["dim"]),
                 index=meta["index"],
+                pooling=_vector_pooling(pooling),
                 created_at=meta["created_at"],
                 format=int(meta["format"]),
             )
@@ -188,6 +208,9 @@ class ItemStore:
             raise ValueError(
                 f"{path} is not a collection store: no {exc} in its meta table"
             ) from exc
+        except ValueError as exc:
+            conn.close()
+            raise ValueError(f"{path}: {exc}") from exc
         if self.info.format > STORE_FORMAT:
             conn.close()
             raise ValueError(f"{path} has store format {self.info.format}, newer than this service")
@@ -209,6 +232,7 @@ class ItemStore:
         """Create a new store file at `path` (which must not exist) describing `info`."""
         if path.exists():
             raise FileExistsError(path)
+        pooling = _vector_pooling(info.pooling)
         conn = cls._connect(path)
         created = info.created_at or datetime.now(UTC).isoformat(timespec="seconds")
         rows = {
@@ -216,8 +240,9 @@ class ItemStore:
             "model": info.model,
             "dim": str(info.dim),
             "index": info.index,
+            "pooling": pooling,
             "created_at": created,
-            "format": str(STORE_FORMAT),
+            "format": str(1 if pooling == "mean" else STORE_FORMAT),
             "next_seq": "1",
             "version": "0",
         }

@@ -58,6 +58,7 @@ from service.config import Settings
 from service.deps import CollectionsDep, MetricsDep, RegistryDep, SettingsDep
 from service.errors import InvalidInput, NotFound
 from service.inputs import form_inputs
+from service.pooling import pooled_dim
 from service.schemas import OrjsonResponse, parse_model
 
 
@@ -286,7 +287,8 @@ async def create_collection(
     served = registry.get(body.model)
 
     def create() -> dict[str, Any]:
-        coll = collections.create(name, served.name, served.dim, body.index)
+        dim = pooled_dim(served.dim, body.pooling)
+        coll = collections.create(name, served.name, dim, body.index, body.pooling)
         refresh_count(metrics, coll)
         return coll.describe()
 

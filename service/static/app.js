@@ -1,8 +1,9 @@
 // The playground page: wires the controls to the API and draws what comes back.
 //
 // Search: POST /embed (pooling "none", unnormalised) gives the per-step context vectors for
-// the heat map; their mean, L2-normalised, is exactly the collection's item vector, so it is
-// the query of POST /search and the point placed on GET /collections/{name}/map.
+// the heat map; pooled as the collection pools (mean, last or stats) and L2-normalised, they
+// are exactly the collection's item vector, so that is the query of POST /search and the
+// point placed on GET /collections/{name}/map.
 // Add: POST /collections/{name}/items as multipart, so the service embeds the input itself
 // and keeps its original.
 
@@ -19,7 +20,7 @@ import { drawMatrix, drawPatchGrid } from "./heatmap.js";
 import { MAX_RECORD_SECONDS, startRecording } from "./recorder.js";
 import { showResults } from "./results.js";
 import { drawMap } from "./scatter.js";
-import { mean, normalize, project } from "./vectors.js";
+import { normalize, pool, project } from "./vectors.js";
 
 const MAP_POINTS = 500;
 const $ = (id) => document.getElementById(id);
@@ -145,7 +146,8 @@ function onCollection(keepQuery) {
   $("collection-info").textContent =
     `Model ${coll.model}` +
     (modality ? ` (${modality})` : ", not loaded: only vectors can be searched") +
-    `, ${coll.dim} dimensions, ${count(coll.count, "item", "items")}, ${coll.index} index.`;
+    `, ${coll.pooling} pooling, ${coll.dim} dimensions, ${count(coll.count, "item", "items")}, ` +
+    `${coll.index} index.`;
   if (!keepQuery && modality) setKind(modality === "text" ? "text" : "file");
   loadMap().catch(showError);
 }
@@ -309,7 +311,7 @@ async function onSearch(event) {
     say("Embedding…");
     const result = await embedSteps(input, coll.model);
     await drawSteps(result, input);
-    const vector = normalize(mean(result.embeddings[0]));
+    const vector = normalize(pool(result.embeddings[0], coll.pooling));
     say("Searching…");
     const k = Number.parseInt($("k").value, 10) || 5;
     const found = await call("POST", "/search", {

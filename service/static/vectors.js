@@ -8,6 +8,22 @@ export function mean(vectors) {
   return out;
 }
 
+/**
+ * Per-step vectors pooled as service/pooling.py does for a collection: "last" (the last
+ * step), "stats" (mean ⊕ population standard deviation, twice as long) or else the mean.
+ */
+export function pool(steps, pooling) {
+  if (pooling === "last") return Float64Array.from(steps[steps.length - 1]);
+  const m = mean(steps);
+  if (pooling !== "stats") return m;
+  const d = m.length;
+  const out = new Float64Array(2 * d);
+  out.set(m);
+  for (const v of steps) for (let i = 0; i < d; i++) out[d + i] += (v[i] - m[i]) ** 2;
+  for (let i = 0; i < d; i++) out[d + i] = Math.sqrt(out[d + i] / steps.length);
+  return out;
+}
+
 /** `v` scaled to unit length (a zero vector stays zero), as a plain array. */
 export function normalize(v) {
   let sum = 0;

@@ -158,6 +158,45 @@ def test_command_line(
     assert "not a cpc-embed vectors file" in messages
 
 
+def test_stats_pooling_from_embed_folder_to_a_collection(
+    clips: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    s = settings(models_dir, tmp_path)
+    out = tmp_path / "stats.npz"
+    args = ["embed-folder", "audio", str(clips), "--out", str(out), "--pooling", "stats"]
+    assert main([*args, "--models-dir", str(models_dir), "--batch", "2"]) == 0
+    got = load_vectors(out)
+    assert got.ids == GOOD and got.dim == 32 and got.pooling == "stats"
+    np.testing.assert_allclose(np.linalg.norm(got.vectors, axis=1), 1.0, atol=1e-5)
+    files = [b64((clips / name).read_bytes()) for name in GOOD]
+    with TestClient(create_app(s)) as c:
+        r = c.post("/embed", json={"model": "audio", "inputs": files, "pooling": "stats"})
+    np.testing.assert_allclose(got.vectors, r.json()["embeddings"], atol=1e-5)
+    with pytest.raises(VectorFileError, match="pooling 'stats', not 'mean'"):
+        run_embed_folder("audio", clips, out, settings=s)  # mean vectors into a stats file
+
+    assert run_index("spread", None, settings=s, vectors=out).added == 5
+    mean_out = tmp_path / "mean.npz"
+    run_embed_folder("audio", clips, mean_out, settings=s)
+    with pytest.raises(IndexerError, match="'spread' holds stats pooled vectors, not mean"):
+        run_index("spread", None, settings=s, vectors=mean_out)
+    with pytest.raises(IndexerError, match="holds stats pooled vectors, not last"):
+        run_index("other", None, settings=s, vectors=out, pooling="last")
+    with TestClient(create_app(s)) as c:
+        described = c.get("/collections/spread").json()
+        assert (described["pooling"], described["dim"], described["count"]) == ("stats", 32, 5)
+        r = c.post("/search", json={"collection": "spread", "input": files[3], "k": 2})
+        assert r.json()["results"][0]["id"] == GOOD[3]
+
+
+def test_an_empty_stats_output_has_the_stats_dim(models_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "e.npz"
+    run_embed_folder("audio", empty, out, settings=settings(models_dir, tmp_path), pooling="stats")
+    assert load_vectors(out).vectors.shape == (0, 32)
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -27,7 +27,7 @@ from tests.service.conftest import (
     unit,
 )
 
-DESCRIPTION_KEYS = {"name", "model", "dim", "count", "index"}
+DESCRIPTION_KEYS = {"name", "model", "dim", "pooling", "count", "index"}
 
 
 def start(models_dir: Path, data_dir: Path, **overrides: Any) -> TestClient:
@@ -55,14 +55,28 @@ def test_a_collection_per_bundle_on_start(make_client: MakeClient) -> None:
     listed = c.get("/collections").json()["collections"]
     assert [d["name"] for d in listed] == ["audio", "image", "text"]
     for d in listed:
-        assert d == {"name": d["name"], "model": d["name"], "dim": 16, "count": 0, "index": "flat"}
+        assert d == {
+            "name": d["name"],
+            "model": d["name"],
+            "dim": 16,
+            "pooling": "mean",
+            "count": 0,
+            "index": "flat",
+        }
 
 
 def test_create_describe_list_and_delete(client: TestClient) -> None:
     r = client.put("/collections/notes", json={"model": "text"})
     assert r.status_code == 201
     made = r.json()
-    assert made == {"name": "notes", "model": "text", "dim": 16, "count": 0, "index": "flat"}
+    assert made == {
+        "name": "notes",
+        "model": "text",
+        "dim": 16,
+        "pooling": "mean",
+        "count": 0,
+        "index": "flat",
+    }
     assert client.get("/collections/notes").json() == made
     assert made in client.get("/collections").json()["collections"]
     r = client.put("/collections/notes", json={"model": "audio"})
@@ -91,8 +105,17 @@ def test_create_an_ivf_collection(client: TestClient) -> None:
         ({"model": "text", "index": "hnsw"}, 422, "index"),
         ({}, 422, "model"),
         ({"model": "text", "dims": 3}, 422, "dims"),
+        ({"model": "text", "pooling": "none"}, 422, "one vector per item"),
+        ({"model": "text", "pooling": "max"}, 422, "'stats'"),
     ],
-    ids=["unknown-model", "unknown-index", "no-model", "unknown-field"],
+    ids=[
+        "unknown-model",
+        "unknown-index",
+        "no-model",
+        "unknown-field",
+        "pooling-none",
+        "unknown-pooling",
+    ],
 )
 def test_create_refuses_bad_bodies(
     client: TestClient, body: dict[str, Any], status: int, words: str
@@ -164,6 +187,56 @@ def test_upsert_by_multipart(client: TestClient) -> None:
     got = client.get("/collections/memos/items/m2").json()
     assert got["metadata"] == {}
     assert np.allclose(got["vector"], embed_one(client, "text", TEXTS[1]), atol=1e-6)
+
+
+@pytest.mark.parametrize(("pooling", "dim"), [("stats", 32), ("last", 16)])
+def test_a_collection_embeds_and_searches_with_its_pooling(
+    client: TestClient, pooling: str, dim: int
+) -> None:
+    name = f"voices-{pooling}"
+    r = client.put(f"/collections/{name}", json={"model": "audio", "pooling": pooling})
+    assert r.status_code == 201, r.text
+    assert r.json()["dim"] == dim and r.json()["pooling"] == pooling
+    clips = {f"c{i}": audio_bytes(0.3 + 0.25 * i, freq=200.0 + 350 * i) for i in range(4)}
+    items = [{"id": key, "input": b64(data)} for key, data in list(clips.items())[:3]]
+    assert client.post(f"/collections/{name}/items", json={"items": items}).status_code == 200
+    r = client.post(
+        f"/collections/{name}/items",
+        files={"file": ("c3.wav", clips["c3"], "audio/wav")},
+        data={"id": "c3"},
+    )
+    assert r.status_code == 200, r.text
+    for key, data in clips.items():
+        got = client.get(f"/collections/{name}/items/{key}").json()["vector"]
+        r = client.post(
+            "/embed", json={"model": "audio", "inputs": [b64(data)], "pooling": pooling}
+        )
+        assert r.json()["dim"] == dim
+        np.testing.assert_allclose(got, r.json()["embeddings"][0], atol=1e-6)
+        r = client.post("/search", json={"collection": name, "input": b64(data), "k": 4})
+        assert r.status_code == 200, r.text
+        best = r.json()["results"][0]
+        assert best["id"] == key and best["score"] > 0.9999
+    r = client.post(
+        "/search", files={"file": ("q.wav", clips["c1"], "audio/wav")}, data={"collection": name}
+    )
+    assert r.status_code == 200 and r.json()["results"][0]["id"] == "c1"
+    r = client.post("/search", json={"collection": name, "vector": random_vectors(1, dim + 1)[0]})
+    assert r.status_code == 409 and f"dim {dim}" in r.json()["detail"]
+
+
+def test_a_collection_keeps_its_pooling_across_a_restart(models_dir: Path, tmp_path: Path) -> None:
+    clip = b64(audio_bytes(0.8, freq=500.0))
+    with start(models_dir, tmp_path / "data") as c:
+        c.put("/collections/spread", json={"model": "audio", "pooling": "stats"})
+        c.post("/collections/spread/items", json={"items": [{"id": "x", "input": clip}]})
+    with start(models_dir, tmp_path / "data") as c:
+        described = c.get("/collections/spread").json()
+        assert (described["pooling"], described["dim"], described["count"]) == ("stats", 32, 1)
+        more = {"items": [{"id": "y", "input": b64(audio_bytes(0.4, freq=1200.0))}]}
+        assert c.post("/collections/spread/items", json=more).status_code == 200
+        r = c.post("/search", json={"collection": "spread", "input": clip, "k": 2})
+        assert [h["id"] for h in r.json()["results"]] == ["x", "y"]
 
 
 @pytest.mark.parametrize(
@@ -262,6 +335,7 @@ def test_items_survive_a_restart(models_dir: Path, tmp_path: Path) -> None:
             "name": "kept",
             "model": "audio",
             "dim": 16,
+            "pooling": "mean",
             "count": 3,
             "index": "ivf",
         }

@@ -36,6 +36,7 @@ def test_create_describe_list_delete(manager: CollectionManager, tmp_path: Path)
         "name": "docs",
         "model": "text",
         "dim": DIM,
+        "pooling": "mean",
         "count": 0,
         "index": "flat",
     }
@@ -166,6 +167,27 @@ def test_ensure(manager: CollectionManager) -> None:
     assert manager.ensure("audio", "audio", DIM) is first
     with pytest.raises(Conflict):
         manager.ensure("audio", "audio", DIM * 2)
+
+
+def test_the_pooling_is_kept_and_ensure_follows_it(tmp_path: Path) -> None:
+    m = CollectionManager(tmp_path)
+    m.open_all()
+    assert m.ensure("audio", "audio", DIM).info.pooling == "mean"
+    m.delete("audio")
+    spread = m.create("audio", "audio", 2 * DIM, pooling="stats")
+    assert spread.describe()["pooling"] == "stats" and spread.dim == 2 * DIM
+    spread.upsert([("a", unit(0, 2 * DIM), None)])
+    with pytest.raises(InvalidInput, match="unknown pooling 'none'"):
+        m.create("other", "audio", DIM, pooling="none")  # type: ignore[arg-type]
+    m.close_all()
+    again = CollectionManager(tmp_path)
+    again.open_all()
+    coll = again.get("audio")
+    assert (coll.info.pooling, coll.dim, coll.count()) == ("stats", 2 * DIM, 1)
+    assert again.ensure("audio", "audio", DIM) is coll  # the model's width: stats gives 2x
+    with pytest.raises(Conflict, match="stats pooling"):
+        again.ensure("audio", "audio", 2 * DIM)
+    again.close_all()
 
 
 @pytest.mark.parametrize(("index", "batches", "distinct"), [("flat", 40, 10), ("ivf", 100, 100)])

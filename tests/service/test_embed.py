@@ -254,6 +254,66 @@ def test_mean_and_last_pool_the_steps(client: TestClient, model: str, inputs: li
     )
 
 
+def stats_of(per_step: Any) -> np.ndarray:
+    """NumPy's [mean ⊕ population std] of one input's per-step vectors."""
+    arr = np.asarray(per_step, dtype=np.float64)
+    return np.concatenate([arr.mean(axis=0), arr.std(axis=0, ddof=0)])
+
+
+@pytest.mark.parametrize("layer", ["context", "encoder"])
+def test_stats_pools_each_input_of_a_padded_batch_over_its_own_steps(
+    client: TestClient, layer: str
+) -> None:
+    clips = [b64(audio_bytes(s, freq=f)) for s, f in ((0.3, 440), (1.1, 300), (0.05, 900))]
+    width = client.get("/models/audio").json()["dims"][layer]
+    body = {"model": "audio", "inputs": clips, "layer": layer, "normalize": False}
+    out = embed(client, pooling="stats", **body)
+    assert out["pooling"] == "stats" and out["dim"] == 2 * width
+    assert "steps" not in out
+    raw = np.asarray(out["embeddings"], dtype=np.float64)
+    assert raw.shape == (3, 2 * width)
+    lengths = []
+    for clip, vector in zip(clips, raw, strict=True):
+        alone = embed(client, **{**body, "inputs": [clip]}, pooling="none")
+        lengths.append(alone["steps"][0])
+        np.testing.assert_allclose(vector, stats_of(alone["embeddings"][0]), atol=1e-5)
+    assert len(set(lengths)) == 3  # so the batch of three was right-padded
+    assert np.all(raw[:, width:] >= 0) and np.any(raw[:, width:] > 0)
+    normalised = vectors(client, pooling="stats", **{**body, "normalize": True})
+    np.testing.assert_allclose(
+        normalised, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5
+    )
+
+
+def test_stats_for_images_and_multipart_text(client: TestClient) -> None:
+    pictures = [b64(image_bytes(seed=1)), b64(image_bytes(seed=2))]
+    steps = embed(client, model="image", inputs=pictures, pooling="none", normalize=False)
+    stats = vectors(client, model="image", inputs=pictures, pooling="stats", normalize=False)
+    for per_step, vector in zip(steps["embeddings"], stats, strict=True):
+        np.testing.assert_allclose(vector, stats_of(per_step), atol=1e-5)
+    r = client.post(
+        "/embed",
+        files=[("text", (None, TEXTS[0])), ("text", (None, TEXTS[2]))],
+        data={"model": "text", "pooling": "stats", "normalize": "false"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["dim"] == 2 * DIM
+    plain = embed(
+        client, model="text", inputs=[TEXTS[0], TEXTS[2]], pooling="none", normalize=False
+    )
+    assert plain["steps"][1] == 1  # one sentence: its std is zero
+    for per_step, vector in zip(plain["embeddings"], r.json()["embeddings"], strict=True):
+        np.testing.assert_allclose(vector, stats_of(per_step), atol=1e-5)
+    np.testing.assert_array_equal(r.json()["embeddings"][1][DIM:], np.zeros(DIM))
+
+
+def test_an_unknown_pooling_is_a_clear_422(client: TestClient) -> None:
+    r = client.post("/embed", json={"model": "text", "inputs": ["x."], "pooling": "std"})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert "pooling" in detail and "'stats'" in detail and "'none'" in detail
+
+
 def test_normalize_false_keeps_the_norm(client: TestClient) -> None:
     raw = vectors(client, model="audio", inputs=[b64(audio_bytes())], normalize=False)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
@@ -268,13 +328,13 @@ def test_encoder_layer_differs_from_context(client: TestClient) -> None:
     assert_unit_vectors(np.asarray(enc["embeddings"]))
 
 
-@pytest.mark.parametrize("pooling", ["mean", "none"])
+@pytest.mark.parametrize("pooling", ["mean", "stats", "none"])
 def test_base64_encoding_matches_float(client: TestClient, pooling: str) -> None:
     body = {"model": "text", "inputs": TEXTS, "pooling": pooling}
     floats = embed(client, **body)["embeddings"]
     encoded = embed(client, encoding_format="base64", **body)["embeddings"]
     for f, e in zip(floats, encoded, strict=True):
-        if pooling == "mean":
+        if pooling != "none":
             assert isinstance(e, str)
             np.testing.assert_array_equal(from_base64(e), np.asarray(f, dtype=np.float32))
         else:

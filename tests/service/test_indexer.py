@@ -56,6 +56,7 @@ def test_index_a_folder_then_serve_it(clips: Path, models_dir: Path, tmp_path: P
             "name": "clips",
             "model": "audio",
             "dim": 16,
+            "pooling": "mean",
             "count": 3,
             "index": "flat",
         }
@@ -104,6 +105,27 @@ def test_cli_with_a_metadata_csv_and_text(
         assert c.get("/collections/docs/items/doc2.txt").json()["metadata"] == {"lang": "fr"}
         r = c.post("/search", json={"collection": "docs", "input": TEXTS[1], "k": 1})
         assert r.json()["results"][0]["id"] == "doc1.txt"
+
+
+def test_index_with_stats_pooling(clips: Path, models_dir: Path, tmp_path: Path) -> None:
+    args = ["index", "voices", "--data", str(clips), "--pooling", "stats"]
+    args += ["--data-dir", str(tmp_path / "data"), "--models-dir", str(models_dir)]
+    assert main(args) == 0
+    s = settings(models_dir, tmp_path)
+    assert run_index("voices", clips, settings=s).skipped == 3  # it keeps its pooling
+    run_index("plain", clips, settings=s)
+    with pytest.raises(IndexerError, match="'plain' holds mean pooled vectors, not stats"):
+        run_index("plain", clips, settings=s, pooling="stats")
+    with TestClient(create_app(s)) as c:
+        described = c.get("/collections/voices").json()
+        assert (described["pooling"], described["dim"], described["count"]) == ("stats", 32, 3)
+        data = (clips / "sub" / "b.wav").read_bytes()
+        body = {"model": "audio", "inputs": [b64(data)], "pooling": "stats"}
+        embedded = c.post("/embed", json=body).json()["embeddings"][0]
+        got = c.get("/collections/voices/items/sub/b.wav").json()["vector"]
+        np.testing.assert_allclose(got, embedded, atol=1e-5)
+        r = c.post("/search", json={"collection": "voices", "input": b64(data), "k": 1})
+        assert r.json()["results"][0]["id"] == "sub/b.wav"
 
 
 def test_progress_is_logged_without_tqdm(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +229,30 @@ def test_add_and_search_audio_image_and_text(open_page: OpenPage, server: str) -
     expect(page.locator("#error")).to_be_hidden()
     no_horizontal_scroll(page)
     screenshot(page, "playground-1440.png")
+
+
+def test_a_stats_collection_is_searched_with_its_pooling(open_page: OpenPage, server: str) -> None:
+    request = urllib.request.Request(
+        server + "/collections/voices",
+        data=json.dumps({"model": "audio", "pooling": "stats"}).encode(),
+        headers={"content-type": "application/json"},
+        method="PUT",
+    )
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 201
+    page = open_page(server + "/").page
+    ready(page)
+    page.select_option("#collection", "voices")
+    expect(page.locator("#collection-info")).to_contain_text("stats pooling, 32 dimensions")
+    upload(page, "low.wav", audio_bytes(seconds=0.9, freq=250.0), "audio/wav")
+    add(page, "low", {})
+    upload(page, "high.wav", audio_bytes(seconds=0.5, freq=1400.0), "audio/wav")
+    add(page, "high", {})
+    upload(page, "low.wav", audio_bytes(seconds=0.9, freq=250.0), "audio/wav")
+    search(page)
+    expect(top_result(page).locator(".result-id")).to_have_text("low")
+    expect(top_result(page).locator(".score")).to_have_text("score 1.000")
+    expect(page.locator("#map polygon.query")).to_have_count(1)
 
 
 def test_a_phone_width_page_is_usable(open_page: OpenPage, server: str) -> None:

@@ -195,3 +195,31 @@ def test_a_store_file_from_before_originals_opens_and_keeps_them(tmp_path: Path)
         assert reopened.get_original("b") == Original("text/plain", b"hi")
     finally:
         reopened.close()
+
+
+def test_the_pooling_is_stored_and_older_files_are_mean_pooled(tmp_path: Path) -> None:
+    stats = ItemStore.create(
+        tmp_path / "stats.sqlite3", CollectionInfo("s", "m", 8, "flat", "stats")
+    )
+    stats.close()
+    reopened = ItemStore.open(tmp_path / "stats.sqlite3")
+    assert (reopened.info.pooling, reopened.info.format) == ("stats", 2)
+    reopened.close()
+    path = tmp_path / "old.sqlite3"
+    ItemStore.create(path, CollectionInfo("c", "m", DIM, "flat")).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == ("1",)
+    conn.execute(
+        "DELETE FROM meta WHERE key = 'pooling'"
+    )  # what a file of the previous version holds
+    conn.commit()
+    conn.close()
+    old = ItemStore.open(path)
+    assert (old.info.pooling, old.info.format) == ("mean", 1)
+    old.close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO meta (key, value) VALUES ('pooling', 'max')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        ItemStore.open(path)
