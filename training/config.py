@@ -86,6 +86,9 @@ class DataConfig:
     val_fraction: float = 0.05  # files held out to report validation loss
     split: str | None = None  # with a manifest.csv: train only on this split (e.g. "train")
     patch_jitter: float = 0.0  # images: per-patch colour jitter strength (CPC v2); 0 is off
+    # audio: time-domain effects applied to training crops (see training.augment), any of
+    # "gain", "noise", "bandreject", "reverb"; none by default
+    audio_augment: tuple[str, ...] = ()
 
 
 @dataclass

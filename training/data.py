@@ -23,6 +23,7 @@ from service.errors import CPCError
 from service.preprocess.audio import AUDIO_EXTENSIONS, load_audio
 from service.preprocess.image import IMAGE_EXTENSIONS, array_to_patches, image_to_array, load_image
 from service.preprocess.text import CHUNK_SPLITTER, TextTokenizer, split_sentences
+from training.augment import augment_batch, check_augmentations
 from training.config import AudioModelConfig, ImageModelConfig, TextModelConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -118,12 +119,16 @@ class AudioDataset:
     window: int
     sample_rate: int
     skipped_short: int = 0
+    augment: tuple[str, ...] = ()  # training.augment effects applied to each crop
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         idx = rng.integers(0, len(self.starts), size=batch_size)
         offsets = (rng.random(batch_size) * (self.lengths[idx] - self.window + 1)).astype(np.int64)
         pos = (self.starts[idx] + offsets)[:, None] + np.arange(self.window)[None, :]
-        return self.waveform[pos]  # [B, window]
+        crops = self.waveform[pos]  # [B, window]
+        if self.augment:
+            crops = augment_batch(crops, self.augment, self.sample_rate, rng)
+        return crops
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -133,7 +138,10 @@ class AudioDataset:
         }
 
 
-def load_audio_dataset(files: list[Path], model: AudioModelConfig, window: int) -> AudioDataset:
+def load_audio_dataset(
+    files: list[Path], model: AudioModelConfig, window: int, augment: Sequence[str] = ()
+) -> AudioDataset:
+    check_augmentations(augment)
     clips = read_all(files, lambda p: load_audio(p, model.sample_rate), "audio")
     long_enough = [w for _, w in clips if len(w) >= window]
     skipped = len(clips) - len(long_enough)
@@ -154,6 +162,7 @@ def load_audio_dataset(files: list[Path], model: AudioModelConfig, window: int) 
         window,
         model.sample_rate,
         skipped,
+        tuple(augment),
     )
 
 
@@ -314,7 +323,9 @@ def load_datasets(cfg: TrainConfig, data_dir: DataDirs, run_dir: Path) -> Datase
     }
     model = cfg.model
     if isinstance(model, AudioModelConfig):
-        train: Dataset = load_audio_dataset(train_files, model, cfg.data.window)
+        train: Dataset = load_audio_dataset(
+            train_files, model, cfg.data.window, cfg.data.audio_augment
+        )
         window = cfg.data.window
         val: Dataset | None = _optional(
             lambda: load_audio_dataset(val_files, model, window), val_files

@@ -1,0 +1,75 @@
+"""Time-domain augmentation of audio training crops (after Kharitonov et al. 2020).
+
+Each crop of a batch gets every chosen effect with probability `AUGMENT_P`,
+drawn from the dataset's generator (so a resumed run draws the same ones):
+
+- `gain`: a level change of up to ±6 dB;
+- `noise`: white noise at a signal-to-noise ratio of 5 to 30 dB;
+- `bandreject`: one band of the spectrum (10-30% of it, anywhere) removed;
+- `reverb`: the crop convolved with a synthetic room (an exponentially
+  decaying noise tail, RT60 0.1-0.5 s) and mixed with the dry signal.
+
+Pitch and speed are left out on purpose: they change who seems to speak, and
+speaker identity is what the default audio model is judged on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+AUGMENTATIONS = ("gain", "noise", "bandreject", "reverb")
+AUGMENT_P = 0.5  # chance that each chosen effect touches a given crop
+GAIN_DB = 6.0  # largest level change
+SNR_DB = (5.0, 30.0)  # additive white noise
+BAND = (0.1, 0.3)  # share of the spectrum a band-reject removes
+RT60_S = (0.1, 0.5)  # reverberation time of the synthetic room
+WET = (0.2, 0.6)  # share of reverberant signal in the mix
+_EPS = 1e-8
+
+
+def check_augmentations(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown audio augmentation(s) {unknown}; known: {AUGMENTATIONS}")
+
+
+def _room(rate: int, rng: np.random.Generator) -> np.ndarray:
+    rt60 = rng.uniform(*RT60_S)
+    t = np.arange(int(rt60 * rate)) / rate
+    tail = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+    tail[0] = 1.0
+    return tail / np.linalg.norm(tail)
+
+
+def augment_batch(
+    crops: np.ndarray, names: Sequence[str], rate: int, rng: np.random.Generator
+) -> np.ndarray:
+    """float32 [B, T] crops with the effects `names` applied independently per crop."""
+    out = np.array(crops, dtype=np.float64)  # [B, T]
+    length = out.shape[1]
+    for name in names:
+        chosen = np.flatnonzero(rng.random(len(out)) < AUGMENT_P)
+        for b in chosen:
+            x = out[b]
+            if name == "gain":
+                x = x * 10.0 ** (rng.uniform(-GAIN_DB, GAIN_DB) / 20.0)
+            elif name == "noise":
+                power = np.mean(x**2) + _EPS
+                snr = 10.0 ** (rng.uniform(*SNR_DB) / 10.0)
+                x = x + rng.standard_normal(length) * np.sqrt(power / snr)
+            elif name == "bandreject":
+                spectrum = np.fft.rfft(x)
+                width = int(rng.uniform(*BAND) * len(spectrum))
+                start = int(rng.integers(0, len(spectrum) - width + 1))
+                spectrum[start : start + width] = 0.0
+                x = np.fft.irfft(spectrum, n=length)
+            elif name == "reverb":
+                wet = rng.uniform(*WET)
+                x = (1 - wet) * x + wet * fftconvolve(x, _room(rate, rng))[:length]
+            else:
+                check_augmentations([name])
+            out[b] = x
+    return out.astype(np.float32)
