@@ -140,6 +140,7 @@ def run_training_command(args: argparse.Namespace) -> int:
     from training.eval_cli import run_eval_command
     from training.export import ExportError
     from training.quantize import QuantizeError
+    from training.train import TrainingDiverged
 
     handlers = {
         "train": _train,
@@ -150,6 +151,13 @@ def run_training_command(args: argparse.Namespace) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (DataError, ExportError, QuantizeError, ValueError, FileNotFoundError) as exc:
+    except (
+        DataError,
+        ExportError,
+        QuantizeError,
+        TrainingDiverged,
+        ValueError,
+        FileNotFoundError,
+    ) as exc:
         sys.stderr.write(f"cpc-embed {args.command}: error: {exc}\n")
         return 1

@@ -41,6 +41,15 @@ from training.models.cpc import CPCModel, build_model, count_parameters
 
 logger = logging.getLogger(__name__)
 VAL_BATCHES = 4  # batches drawn (with a fixed seed) to report validation loss
+# A step whose loss or gradient is not finite (a bf16 overflow, a degenerate crop) is
+# skipped rather than written into the weights; this many in a row stop the run.
+MAX_NONFINITE_IN_A_ROW = 20
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient."""
+
+
 StepHook = Callable[["Trainer"], None]
 
 
@@ -103,6 +112,8 @@ class Trainer:
     objective: CPCObjective = field(init=False)
     trained: nn.Module = field(init=False)  # the objective, inside DDP when distributed
     shard: BatchShard | None = field(init=False)
+    skipped_steps: int = field(default=0, init=False)  # updates skipped as non-finite
+    nonfinite_in_a_row: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.objective = CPCObjective(self.model, self.criterion, self.amp, self.device.type)
@@ -134,10 +145,26 @@ class Trainer:
         self.objective.train()
         out: CPCLossOutput = self.trained(self.batch(self.data.train, self.rng), self.shard)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()  # under DDP: gradients averaged over ranks
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
+        out.loss.backward()  # under DDP: gradients averaged over ranks, so all ranks agree
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.objective.parameters(), clip)
+        if torch.isfinite(norm) and torch.isfinite(out.loss.detach()):
+            self.optimizer.step()
+            self.nonfinite_in_a_row = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.nonfinite_in_a_row += 1
+            logger.warning(
+                "step %d: non-finite loss or gradient, update skipped (%d so far)",
+                self.step_count + 1,
+                self.skipped_steps,
+            )
+            if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise TrainingDiverged(
+                    f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or "
+                    "gradient; lower optim.lr or try precision fp32"
+                )
         self.scheduler.step()
         self.step_count += 1
         return out

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import make_audio_folder
 from tests.training.tiny import tiny_config
 from training.data import DataError, load_datasets
-from training.train import build_trainer, train
+from training.train import MAX_NONFINITE_IN_A_ROW, TrainingDiverged, build_trainer, train
 
 MODALITIES = ("audio", "image", "text")
 
@@ -152,3 +152,32 @@ def test_text_chunks_give_one_sentence_documents_several_steps(tmp_path: Path) -
     batch = sets.train.sample(4, np.random.default_rng(0))
     assert batch.shape[2] <= 4  # each unit holds at most chunk_tokens ids
     assert np.isfinite(trainer.step().loss.item())
+
+
+def test_a_non_finite_step_is_skipped_and_a_diverged_run_stops(
+    corpora: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tiny_config("audio")
+    trainer = build_trainer(cfg, load_datasets(cfg, corpora["audio"], tmp_path))
+    trainer.step()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    good = trainer.data.train.sample
+
+    def nan_batch(n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.full((n, 4096), np.nan, np.float32)
+
+    setattr(trainer.data.train, "sample", nan_batch)  # noqa: B010
+    with caplog.at_level(logging.WARNING):
+        trainer.step()
+    assert "non-finite loss or gradient, update skipped" in caplog.text
+    assert trainer.step_count == 2 and trainer.skipped_steps == 1
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the bad step changed nothing
+    setattr(trainer.data.train, "sample", good)  # noqa: B010
+    trainer.step()
+    assert trainer.nonfinite_in_a_row == 0
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+    setattr(trainer.data.train, "sample", nan_batch)  # noqa: B010
+    with pytest.raises(TrainingDiverged, match="20 steps in a row"):
+        for _ in range(MAX_NONFINITE_IN_A_ROW):
+            trainer.step()
