@@ -39,7 +39,8 @@ pytest: $(VENV)/.dev-installed
 
 test: lint typecheck pytest
 
-# Rebuilds models/{audio,image,text}: corpora, training, export, evaluation (about an hour).
+# Rebuilds models/{audio,image,text}: corpora (Debian packages: see .ci/run), training,
+# export, evaluation (about two hours on 2 cores).
 models: $(VENV)/.dev-installed
 	BIN=$(BIN) bash scripts/build-models.sh
 

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.app import create_app
+from service.config import Settings
 from service.pooling import from_base64
+from service.preprocess.text import TextTokenizer
 from tests.service.conftest import (
     SR,
     TEXTS,
+    TinyBundle,
     audio_bytes,
     b64,
     data_uri,
@@ -23,6 +29,10 @@ from tests.service.conftest import (
     picture,
     sine,
 )
+from tests.training.tiny import tiny_config
+from training.data import text_spec
+from training.export import export_model
+from training.models.cpc import build_model
 
 DIM = 16
 HOP = 160
@@ -456,3 +466,35 @@ def test_per_step_vectors_do_not_depend_on_the_batch(client: TestClient) -> None
     alone = embed(client, model="audio", inputs=[short], pooling="none")["embeddings"][0]
     together = embed(client, model="audio", inputs=[long, short], pooling="none")["embeddings"][1]
     np.testing.assert_allclose(alone, together, atol=1e-5)
+
+
+def test_a_chunked_text_bundle_serves_token_units(
+    tiny_bundles: dict[str, TinyBundle], tmp_path: Path
+) -> None:
+    """A "chunks-v1" bundle: one step per `chunk_tokens` tokens, even for one sentence."""
+    cfg = tiny_config("text")
+    cfg.model.chunk_tokens = 3  # type: ignore[union-attr]
+    torch.manual_seed(0)
+    tokenizer = tiny_bundles["text"].folder / "tokenizer.json"
+    export_model(
+        build_model(cfg).eval(),
+        cfg,
+        tmp_path / "models" / "chunked",
+        name="chunked",
+        tokenizer_path=tokenizer,
+    )
+    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as chunked:
+        text = "The cat runs and the dog jumps."
+        out = embed(chunked, model="chunked", inputs=[text], pooling="none")
+        ids, units = TextTokenizer.from_file(tokenizer, text_spec(cfg.model)).encode_document(text)  # type: ignore[arg-type]
+        assert out["steps"] == [ids.shape[0]] and ids.shape[0] >= 3
+        assert out["sentences"] == [units]
+        assert "".join(units).replace(" ", "") == text.lower().replace(" ", "")
+        mean = embed(chunked, model="chunked", inputs=[text], normalize=False)["embeddings"][0]
+        steps = np.asarray(
+            embed(chunked, model="chunked", inputs=[text], pooling="none", normalize=False)[
+                "embeddings"
+            ][0]
+        )
+        np.testing.assert_allclose(mean, steps.mean(axis=0), atol=1e-5)
