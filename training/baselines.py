@@ -3,7 +3,9 @@
 - audio: MFCC statistics, written here in NumPy: pre-emphasis, 25 ms Hann
   frames every 10 ms, power spectrum, a triangular mel filterbank (HTK mel
   scale), log, orthonormal DCT-II; the mean and standard deviation over frames
-  of the coefficients and of their deltas (`4 * n_mfcc` numbers per clip).
+  of the coefficients and of their deltas (`4 * n_mfcc` numbers per clip);
+  `mfcc` itself gives the per-frame coefficients (one frame per 10 ms, the
+  CPC audio step) for the frame-level probe of `training.evaluate`.
 - image: raw pixels of the image resized (shorter side) and centre-cropped
   as the model's own input, at `size`² RGB (`3 * size²` numbers).
 - text: TF-IDF of word unigrams and bigrams (scikit-learn), fitted on the
@@ -61,12 +63,17 @@ def dct_matrix(n_out: int, n_in: int) -> np.ndarray:
     return basis
 
 
+def mfcc_hop_samples(sample_rate: int) -> int:
+    """Samples between MFCC frames: frame j's window starts at sample j * hop."""
+    return max(1, round(HOP_SECONDS * sample_rate))
+
+
 def mfcc(wave: np.ndarray, sample_rate: int, n_mfcc: int = 20) -> np.ndarray:
     """MFCCs of a mono waveform: float64 [frames, n_mfcc] (at least one frame)."""
     if n_mfcc > N_MELS:
         raise ValueError(f"n_mfcc must be at most {N_MELS}, got {n_mfcc}")
     win = max(1, round(FRAME_SECONDS * sample_rate))
-    hop = max(1, round(HOP_SECONDS * sample_rate))
+    hop = mfcc_hop_samples(sample_rate)
     n_fft = 1 << (win - 1).bit_length()  # next power of two
     x = np.asarray(wave, dtype=np.float64)
     x = np.append(x[:1], x[1:] - PRE_EMPHASIS * x[:-1]) if x.size else np.zeros(1)
@@ -83,7 +90,11 @@ def mfcc_features(
     wave: np.ndarray, sample_rate: int, n_mfcc: int = 20, deltas: bool = True
 ) -> np.ndarray:
     """float32 [2 * n_mfcc * (2 if deltas else 1)]: mean then std over frames."""
-    coeffs = mfcc(wave, sample_rate, n_mfcc)
+    return mfcc_statistics(mfcc(wave, sample_rate, n_mfcc), deltas)
+
+
+def mfcc_statistics(coeffs: np.ndarray, deltas: bool = True) -> np.ndarray:
+    """`mfcc_features` of MFCCs already computed ([frames, n_mfcc] from `mfcc`)."""
     if deltas:
         delta = np.gradient(coeffs, axis=0) if len(coeffs) > 1 else np.zeros_like(coeffs)
         coeffs = np.concatenate([coeffs, delta], axis=1)

@@ -1,5 +1,9 @@
 """The `cpc-embed eval` command and its report: eval.json, eval.png, bundle metrics.
 
+The chart and the logged summary list the per-file accuracies (mean- and
+stats-pooled CPC vectors, random weights, the baseline, then chance and
+majority) and, for audio, the per-frame ones (hatched, below a dashed line).
+
 Importing this module loads neither torch nor matplotlib; `run_eval_command`
 imports `training.evaluate` (torch, onnxruntime, scikit-learn) when it runs.
 """
@@ -22,15 +26,51 @@ REPORT_JSON = "eval.json"
 REPORT_PNG = "eval.png"
 LABELS = {
     "cpc_context": "CPC context c",
+    "cpc_context_stats": "CPC c, mean+std",
     "cpc_encoder": "CPC encoder z",
     "random_init": "random-weight CPC c",
+    "random_init_stats": "random-weight c, mean+std",
     "baseline_mfcc": "MFCC statistics",
     "baseline_pixels": "raw pixels",
     "baseline_tfidf": "TF-IDF",
     "majority": "majority class",
     "chance": "chance",
+    "cpc_frames": "CPC c_t, one frame",
+    "random_init_frames": "random-weight c_t, one frame",
+    "baseline_mfcc_frames": "MFCCs, one frame",
 }
 REFERENCES = ("chance", "majority")
+FRAME_SUFFIX = "_frames"  # results scored per audio frame rather than per file
+
+
+def _split_results(results: dict[str, float]) -> tuple[list[str], list[str]]:
+    """Result names scored per file (references last) and those scored per frame."""
+    frames = [n for n in results if n.endswith(FRAME_SUFFIX)]
+    files = [n for n in results if n not in REFERENCES and n not in frames]
+    return files + [n for n in REFERENCES if n in results], frames
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The accuracies as log lines: per file, then per frame with the frame counts."""
+    dims: dict[str, int] = report.get("dims", {})
+    files, frames = _split_results(report["results"])
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(
+            f"{n} {report['results'][n]:.3f}" + (f" ({dims[n]}-d)" if n in dims else "")
+            for n in names
+        )
+
+    lines = [f"file accuracies: {listed(files)}"]
+    info = report.get("protocol", {}).get("frames")
+    if frames and info:
+        lines.append(
+            f"frame accuracies ({info['train_frames']} train / {info['test_frames']} test "
+            f"frames after {info['context_seconds']:g} s): {listed(frames)}"
+        )
+    elif info and info.get("skipped"):
+        lines.append(f"frame probe skipped: {info['skipped']}")
+    return lines
 
 
 def add_eval_command(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +103,8 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     results: dict[str, float] = report["results"]
-    names = [n for n in results if n not in REFERENCES] + [n for n in REFERENCES if n in results]
+    files, frames = _split_results(results)
+    names = files + frames
     values = [results[n] for n in names]
     colours = [
         "#1f77b4" if n.startswith("cpc_") else "#9e9e9e" if n in REFERENCES else "#ff7f0e"
@@ -71,6 +112,10 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     ]
     fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(names) + 1.4))
     bars = ax.barh([LABELS.get(n, n) for n in names], values, color=colours)
+    for bar in bars[len(files) :]:
+        bar.set_hatch("//")  # a per-frame accuracy, not a per-file one
+    if frames:
+        ax.axhline(len(files) - 0.5, color="black", linewidth=0.8, linestyle="--")
     for bar, value in zip(bars, values, strict=True):
         ax.text(
             bar.get_width() + 0.01,
@@ -81,7 +126,15 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
         )
     ax.invert_yaxis()
     ax.set_xlim(0, 1.12)
-    ax.set_xlabel("test accuracy")
+    info = report.get("protocol", {}).get("frames")
+    if frames and info:
+        ax.set_xlabel(
+            f"test accuracy\nhatched: per frame after {info['context_seconds']:g} s of context, "
+            f"{info['train_frames']} train / {info['test_frames']} test frames",
+            fontsize=9,
+        )
+    else:
+        ax.set_xlabel("test accuracy")
     ax.set_title(
         f"{report['modality']} linear probe: {report['num_classes']} classes, "
         f"{report['train_size']} train / {report['test_size']} test files",
@@ -130,10 +183,8 @@ def _run(args: argparse.Namespace) -> int:
         args.model, args.data, quantized=args.quantized, max_per_split=args.max_per_split
     )
     json_path, png_path = write_report(report, args.out or args.model)
-    logger.info(
-        "accuracies: %s",
-        ", ".join(f"{k} {v:.3f}" for k, v in report["results"].items()),
-    )
+    for line in summary_lines(report):
+        logger.info("%s", line)
     logger.info("report written to %s and %s", json_path, png_path)
     if args.update_bundle:
         update_bundle_metrics(args.model, report)

@@ -2,13 +2,25 @@
 
 `evaluate(model_path, data_dir)` embeds every labelled file of `data_dir` with
 the frozen model (a run folder through torch, a bundle through onnxruntime),
-mean-pools the context vectors c and the encoder vectors z over steps, and
-fits a logistic regression on the train split of each feature set:
+pools the context vectors c and the encoder vectors z over each file's valid
+steps, and fits a logistic regression on the train split of each feature set:
 
-- `cpc_context`, `cpc_encoder`: the trained model's c and z;
-- `random_init`: c of the same architecture with random weights (torch, seed 0);
+- `cpc_context`, `cpc_encoder`: the trained model's c and z, mean-pooled;
+- `cpc_context_stats`: c pooled as mean ⊕ standard deviation (ddof=0), 2·C numbers;
+- `random_init`, `random_init_stats`: c of the same architecture with random
+  weights (torch, seed 0), pooled both ways, so each pooling has its control;
 - `baseline_mfcc` | `baseline_pixels` | `baseline_tfidf`: `training.baselines`;
 - `chance` (1 / classes) and `majority` (the test share of the commonest train label).
+
+Audio adds the paper's frame-level probe: the per-step c_t after
+`CONTEXT_SECONDS` (1 s: steps t >= 100 at 10 ms a step, from the spec's hop),
+at most `FRAMES_PER_FILE` evenly spaced steps per file (and at most
+`MAX_FRAMES_PER_SPLIT` rows per split, evenly subsampled), fitted on the
+frames of train files and scored on the frames of test files (other
+utterances): `cpc_frames`, `random_init_frames` and `baseline_mfcc_frames`
+(the MFCCs of the same frames: CPC step t and MFCC frame t both start at
+sample t * 160). Files too short for one such frame give none; without frames
+in a split the frame probe is skipped with a warning.
 
 Labels come from `manifest.csv` (columns `path`, `label`, `split` = train|test)
 or, without one, from class sub-folders (label = parent folder, 20 % of files
@@ -41,6 +53,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 from service.bundle import (
     AudioPreprocess,
@@ -51,7 +64,13 @@ from service.bundle import (
 from service.preprocess.audio import load_audio
 from service.preprocess.image import array_to_patches, image_to_array, load_image
 from service.preprocess.text import TextTokenizer, pad_token_batch
-from training.baselines import mfcc_features, pixel_features, tfidf_features
+from training.baselines import (
+    mfcc,
+    mfcc_hop_samples,
+    mfcc_statistics,
+    pixel_features,
+    tfidf_features,
+)
 from training.checkpoint import CHECKPOINT_FILE
 from training.config import TrainConfig, config_from_dict
 from training.data import extensions_for, read_all
@@ -61,25 +80,43 @@ from training.models.cpc import CPCModel, build_model
 logger = logging.getLogger(__name__)
 
 ForwardFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # input -> (z, c)
+Labels = Sequence[str] | np.ndarray
+ProbeFn = Callable[[str, Any, Any, tuple[Labels, Labels]], None]  # name, train x, test x, y
 AnyPreprocess = AudioPreprocess | ImagePreprocess | TextPreprocess
 MAX_SECONDS = 4.0  # audio is centre-cropped to this for speed
 BATCH_SIZE = 16  # files per forward pass
 RANDOM_SEED = 0  # torch seed of the random-weight model
 PROBE_C = 1.0  # inverse L2 strength of the probe (scikit-learn's default)
 PROBE_MAX_ITER = 5000  # lbfgs iterations; ample for standardised features
+# BLAS/OpenMP threads of a probe: lbfgs's many small products gain little from
+# threads and lose much when the cores are busy (on 2 cores shared with
+# training runs, 90,000 x 256 frames took 27 s on one thread, 181 s on two).
+PROBE_THREADS = 1
 BASELINE_NAMES = {"audio": "mfcc", "image": "pixels", "text": "tfidf"}
+# Frame probe (audio). The paper classifies speakers from single c_t vectors
+# once the GRU has heard 1 s of the utterance, so frames start at that step.
+CONTEXT_SECONDS = 1.0
+# Frames kept per file, evenly spaced after the first second: 20 samples a
+# 2-4 s clip's 100-300 eligible steps (neighbouring c_t are nearly equal, so
+# more add rows, not information) and keeps every file's weight alike.
+FRAMES_PER_FILE = 20
+# Rows per split above which the frames are evenly subsampled, to bound the
+# probe's time on large corpora: 9 speakers x 500 files x 20 frames = 90,000
+# rows of 256 numbers took 27 s (one thread, 2 busy cores), so this size fits.
+MAX_FRAMES_PER_SPLIT = 100_000
+FRAME_KEYS = ("cpc_frames", "random_init_frames", "baseline_mfcc_frames")
 PROBE_DESCRIPTION = (
     f"logistic regression (scikit-learn lbfgs, C={PROBE_C}, max_iter={PROBE_MAX_ITER}, "
-    "random_state=0) on standardised features (TF-IDF rows as they are) fitted on the "
-    "train split; accuracy on the test split"
+    f"random_state=0, threads={PROBE_THREADS}) on standardised features (TF-IDF rows as "
+    "they are) fitted on the train split; accuracy on the test split"
 )
 
 
 def probe_accuracy(
     train_x: np.ndarray | sparse.spmatrix,
-    train_y: Sequence[str] | np.ndarray,
+    train_y: Labels,
     test_x: np.ndarray | sparse.spmatrix,
-    test_y: Sequence[str] | np.ndarray,
+    test_y: Labels,
     *,
     c: float = PROBE_C,
 ) -> float:
@@ -99,12 +136,13 @@ def probe_accuracy(
         test_x = np.nan_to_num(np.asarray(test_x, dtype=np.float64))
     clf = LogisticRegression(C=c, max_iter=PROBE_MAX_ITER, random_state=0)
     probe = clf if is_sparse else make_pipeline(StandardScaler(), clf)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        probe.fit(train_x, train_y)
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        logger.warning("the probe did not converge in %d iterations", PROBE_MAX_ITER)
-    return float(np.mean(probe.predict(test_x) == test_y))
+    with threadpool_limits(limits=PROBE_THREADS):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            probe.fit(train_x, train_y)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            logger.warning("the probe did not converge in %d iterations", PROBE_MAX_ITER)
+        return float(np.mean(probe.predict(test_x) == test_y))
 
 
 MANIFEST_FILE = "manifest.csv"
@@ -357,14 +395,40 @@ def _batch(inputs: list[np.ndarray], prep: AnyPreprocess) -> np.ndarray:
     return np.stack([array_to_patches(x, prep) for x in inputs])
 
 
-def embed_inputs(
-    forward: ForwardFn, inputs: list[np.ndarray], prep: AnyPreprocess, batch_size: int = BATCH_SIZE
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean-pooled (c [N, C], z [N, Z]) of prepared inputs, padding only within a batch."""
+@dataclass(frozen=True)
+class PooledSteps:
+    """What one pass over the inputs keeps of each input's step vectors, in input order."""
+
+    context: np.ndarray  # float32 [N, C]: mean of c over the input's valid steps
+    context_std: np.ndarray  # float32 [N, C]: standard deviation (ddof=0) of c over them
+    encoder: np.ndarray  # float32 [N, Z]: mean of z over them
+    frames: list[np.ndarray]  # float32 [n_i, C]: c at the steps asked for ([0, C] if none)
+
+    @property
+    def context_stats(self) -> np.ndarray:
+        """float32 [N, 2C]: mean ⊕ standard deviation of c."""
+        return np.concatenate([self.context, self.context_std], axis=1)
+
+
+def pool_steps(
+    forward: ForwardFn,
+    inputs: list[np.ndarray],
+    prep: AnyPreprocess,
+    batch_size: int = BATCH_SIZE,
+    frames_at: Sequence[np.ndarray] | None = None,
+) -> PooledSteps:
+    """Pool each input's valid steps (mean and std of c, mean of z), padding only in a batch.
+
+    `frames_at[i]` (int steps, each below input i's valid steps) also keeps
+    c at those steps of input i.
+    """
     if not inputs:
         raise ValueError("nothing to embed")
+    if frames_at is not None and len(frames_at) != len(inputs):
+        raise ValueError(f"{len(frames_at)} frame lists for {len(inputs)} inputs")
+    no_frames = np.zeros(0, dtype=np.int64)
     order = sorted(range(len(inputs)), key=lambda i: inputs[i].shape[0])  # similar lengths
-    pooled: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    pooled: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         z, c = forward(_batch([inputs[i] for i in idx], prep))
@@ -372,10 +436,30 @@ def embed_inputs(
         c = c.reshape(len(idx), -1, c.shape[-1])  # [B, steps, C]
         for row, i in enumerate(idx):
             steps = _valid_steps(inputs[i], prep) or c.shape[1]
-            pooled[i] = (c[row, :steps].mean(axis=0), z[row, :steps].mean(axis=0))
-    context = np.stack([pooled[i][0] for i in range(len(inputs))]).astype(np.float32)
-    encoder = np.stack([pooled[i][1] for i in range(len(inputs))]).astype(np.float32)
-    return context, encoder
+            at = no_frames if frames_at is None else np.asarray(frames_at[i], dtype=np.int64)
+            if at.size and (at.min() < 0 or at.max() >= steps):
+                raise ValueError(f"input {i}: frames asked outside its {steps} valid steps")
+            valid_c = c[row, :steps].astype(np.float64)
+            pooled[i] = (
+                valid_c.mean(axis=0),
+                valid_c.std(axis=0),
+                z[row, :steps].astype(np.float64).mean(axis=0),
+                c[row, at],
+            )
+
+    def stacked(k: int) -> np.ndarray:
+        return np.stack([pooled[i][k] for i in range(len(inputs))]).astype(np.float32)
+
+    frames = [pooled[i][3].astype(np.float32) for i in range(len(inputs))]
+    return PooledSteps(stacked(0), stacked(1), stacked(2), frames)
+
+
+def embed_inputs(
+    forward: ForwardFn, inputs: list[np.ndarray], prep: AnyPreprocess, batch_size: int = BATCH_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-pooled (c [N, C], z [N, Z]) of prepared inputs, padding only within a batch."""
+    pooled = pool_steps(forward, inputs, prep, batch_size)
+    return pooled.context, pooled.encoder
 
 
 def embed_files(
@@ -392,15 +476,52 @@ def embed_files(
     return embed_inputs(forward, [read(Path(f)) for f in files], prep, batch_size)
 
 
-def _baseline(
-    modality: str, items: list[LabelledFile], inputs: dict[Path, np.ndarray], prep: AnyPreprocess
-) -> tuple[Any, Any]:
-    """Baseline features (train, test) for the items, in order."""
+def first_frame_step(prep: AudioPreprocess, seconds: float = CONTEXT_SECONDS) -> int:
+    """The first step with `seconds` of audio before it: 100 at 16 kHz and 160 samples a step."""
+    return -(-round(seconds * prep.sample_rate) // prep.hop_samples)  # ceiling
+
+
+def frame_steps(num_steps: int, first: int, per_file: int = FRAMES_PER_FILE) -> np.ndarray:
+    """At most `per_file` distinct steps of [first, num_steps), evenly spaced from `first`."""
+    span = num_steps - first
+    if span <= 0 or per_file <= 0:
+        return np.zeros(0, dtype=np.int64)
+    n = min(per_file, span)
+    return first + (np.arange(n, dtype=np.int64) * span) // n
+
+
+def even_rows(n: int, limit: int | None) -> np.ndarray:
+    """Indices of at most `limit` of `n` rows, evenly spaced (all of them under the limit)."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return (np.arange(limit, dtype=np.int64) * n) // limit
+
+
+def mfcc_baseline(
+    waves: Sequence[np.ndarray], prep: AudioPreprocess, frames_at: Sequence[np.ndarray]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """MFCC statistics [N, 80] of each clip and its per-frame MFCCs [n_i, 20] at the CPC frames.
+
+    CPC step t sees the samples from t * hop_samples on (unpadded convs) and
+    MFCC frame j's 25 ms window starts at j * the MFCC hop, so step t is MFCC
+    frame t * hop_samples // MFCC hop: frame t itself when both hops are 10 ms.
+    """
+    mfcc_hop = mfcc_hop_samples(prep.sample_rate)
+    stats, frames = [], []
+    for wave, at in zip(waves, frames_at, strict=True):
+        coeffs = mfcc(wave, prep.sample_rate)  # once per clip, for both feature sets
+        stats.append(mfcc_statistics(coeffs))
+        rows = np.minimum(
+            np.asarray(at, dtype=np.int64) * prep.hop_samples // mfcc_hop, len(coeffs) - 1
+        )
+        frames.append(coeffs[rows].astype(np.float32))
+    return np.stack(stats), frames
+
+
+def _baseline(modality: str, items: list[LabelledFile]) -> tuple[Any, Any]:
+    """Image or text baseline features (train, test) of the items (audio: `mfcc_baseline`)."""
     train = [it for it in items if it.split == "train"]
     test = [it for it in items if it.split == "test"]
-    if isinstance(prep, AudioPreprocess):
-        feats = {p: mfcc_features(x, prep.sample_rate) for p, x in inputs.items()}
-        return np.stack([feats[it.path] for it in train]), np.stack([feats[it.path] for it in test])
     if modality == "image":
         pixels = {it.path: pixel_features(load_image(it.path)) for it in items}
         return np.stack([pixels[it.path] for it in train]), np.stack(
@@ -411,6 +532,91 @@ def _baseline(
     return train_x, test_x
 
 
+def frame_settings(
+    prep: AudioPreprocess, frames_per_file: int, max_frames_per_split: int | None
+) -> dict[str, Any]:
+    """How the frame probe chooses its frames, for eval.json's protocol."""
+    mfcc_hop = mfcc_hop_samples(prep.sample_rate)
+    return {
+        "description": (
+            "the paper's frame-level probe: single context vectors c_t (and the MFCCs of "
+            "the same frames) at steps t >= first_step, i.e. after context_seconds of audio; "
+            "fitted on the frames of train files, accuracy on the frames of test files"
+        ),
+        "context_seconds": CONTEXT_SECONDS,
+        "step_seconds": prep.hop_seconds,
+        "first_step": first_frame_step(prep),
+        "frames_per_file": frames_per_file,
+        "selection": (
+            "per file of T valid steps: n = min(frames_per_file, T - first_step) steps "
+            "first_step + floor(k (T - first_step) / n), k < n; none if T <= first_step"
+        ),
+        "max_frames_per_split": max_frames_per_split,
+        "cap": (
+            "above max_frames_per_split, rows floor(k N / max_frames_per_split) of a split's "
+            "N frames (files in order, frames in time order), the same rows for every feature set"
+        ),
+        "mfcc_alignment": (
+            f"CPC step t -> MFCC frame t * {prep.hop_samples} // {mfcc_hop} of the same "
+            f"cropped clip (both windows start at sample t * {prep.hop_samples}); "
+            "20 coefficients, no deltas"
+        ),
+    }
+
+
+def _frame_probe(
+    features: dict[str, list[np.ndarray]],
+    counts: np.ndarray,
+    labels: np.ndarray,
+    is_train: np.ndarray,
+    max_frames_per_split: int | None,
+    probe: ProbeFn,
+) -> dict[str, Any]:
+    """Probe every per-file frame feature set on train-file frames, score on test-file frames.
+
+    `features[name][i]` holds file i's frames ([counts[i], D], the same steps
+    for every name). Returns the frame counts and, if skipped, why.
+    """
+    rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    info: dict[str, Any] = {}
+    for split, files in (("train", np.flatnonzero(is_train)), ("test", np.flatnonzero(~is_train))):
+        frame_labels = np.repeat(labels[files], counts[files])
+        keep = even_rows(len(frame_labels), max_frames_per_split)
+        rows[split] = (files, keep, frame_labels[keep])
+        info[f"{split}_files"] = int(np.count_nonzero(counts[files]))
+        info[f"{split}_frames_available"] = len(frame_labels)
+        info[f"{split}_frames"] = len(keep)
+    train_labels, test_labels = rows["train"][2], rows["test"][2]
+    skipped = None
+    if not len(train_labels) or not len(test_labels):
+        skipped = (
+            f"{info['train_frames']} train and {info['test_frames']} test frames: "
+            "a split has no file long enough for one frame"
+        )
+    elif len(np.unique(train_labels)) < 2:
+        skipped = "the train frames hold fewer than two classes"
+    if skipped:
+        logger.warning("frame probe skipped: %s", skipped)
+        return {**info, "skipped": skipped}
+
+    def stacked(per_file: list[np.ndarray], split: str) -> np.ndarray:
+        files, keep, _ = rows[split]
+        return np.concatenate([per_file[i] for i in files])[keep]
+
+    logger.info(
+        "frame probe: %d train frames of %d files, %d test frames of %d files",
+        info["train_frames"],
+        info["train_files"],
+        info["test_frames"],
+        info["test_files"],
+    )
+    for name, per_file in features.items():
+        probe(
+            name, stacked(per_file, "train"), stacked(per_file, "test"), (train_labels, test_labels)
+        )
+    return {**info, "skipped": None}
+
+
 def evaluate(
     path: str | Path,
     data_dir: str | Path,
@@ -419,12 +625,15 @@ def evaluate(
     max_per_split: int | None = None,
     max_seconds: float = MAX_SECONDS,
     batch_size: int = BATCH_SIZE,
+    frames_per_file: int = FRAMES_PER_FILE,
+    max_frames_per_split: int | None = MAX_FRAMES_PER_SPLIT,
 ) -> dict[str, Any]:
     """Linear-probe accuracies of a run or bundle on a labelled folder (the eval.json dict)."""
     began = time.perf_counter()
     frozen = load_frozen_model(path, quantized)
+    prep = frozen.preprocess
     items, source = read_labels(data_dir, extensions_for(frozen.config), max_per_split)
-    read = input_reader(frozen.preprocess, frozen.tokenizer, max_seconds)
+    read = input_reader(prep, frozen.tokenizer, max_seconds)
     loaded = dict(read_all([it.path for it in items], read, frozen.modality))
     skipped = len(items) - sum(it.path in loaded for it in items)
     items = [it for it in items if it.path in loaded]
@@ -433,36 +642,72 @@ def evaluate(
     test_y = [it.label for it in items if it.split == "test"]
     is_train = np.array([it.split == "train" for it in items])
     inputs = [loaded[it.path] for it in items]
+    frames_at = None
+    if isinstance(prep, AudioPreprocess):  # the same steps for CPC, random weights and MFCCs
+        first = first_frame_step(prep)
+        frames_at = [frame_steps(prep.num_steps(len(x)), first, frames_per_file) for x in inputs]
     logger.info("embedding %d train and %d test files", len(train_y), len(test_y))
 
     results: dict[str, float] = {}
     dims: dict[str, int] = {}
 
-    def probe(name: str, train_x: Any, test_x: Any) -> None:
+    def probe(
+        name: str,
+        train_x: Any,
+        test_x: Any,
+        labels: tuple[Labels, Labels] = (train_y, test_y),
+    ) -> None:
         t0 = time.perf_counter()
-        results[name] = probe_accuracy(train_x, train_y, test_x, test_y)
+        results[name] = probe_accuracy(train_x, labels[0], test_x, labels[1])
         dims[name] = int(train_x.shape[1])
         logger.info(
-            "%s: %.4f (%d-d, probe %.1f s)",
+            "%s: %.4f (%d-d, %d train rows, probe %.1f s)",
             name,
             results[name],
             dims[name],
+            train_x.shape[0],
             time.perf_counter() - t0,
         )
 
-    def embed(forward: ForwardFn, what: str) -> tuple[np.ndarray, np.ndarray]:
+    def embed(forward: ForwardFn, what: str) -> PooledSteps:
         t0 = time.perf_counter()
-        pooled = embed_inputs(forward, inputs, frozen.preprocess, batch_size)
+        pooled = pool_steps(forward, inputs, prep, batch_size, frames_at)
         logger.info("embedded with the %s model in %.1f s", what, time.perf_counter() - t0)
         return pooled
 
-    context, encoder = embed(frozen.forward, frozen.kind)
-    probe("cpc_context", context[is_train], context[~is_train])
-    probe("cpc_encoder", encoder[is_train], encoder[~is_train])
-    random_c, _ = embed(random_forward(frozen.config), "random-weight")
-    probe("random_init", random_c[is_train], random_c[~is_train])
-    base_train, base_test = _baseline(frozen.modality, items, loaded, frozen.preprocess)
-    probe(f"baseline_{BASELINE_NAMES[frozen.modality]}", base_train, base_test)
+    trained = embed(frozen.forward, frozen.kind)
+    probe("cpc_context", trained.context[is_train], trained.context[~is_train])
+    stats = trained.context_stats
+    probe("cpc_context_stats", stats[is_train], stats[~is_train])
+    probe("cpc_encoder", trained.encoder[is_train], trained.encoder[~is_train])
+    rand = embed(random_forward(frozen.config), "random-weight")
+    probe("random_init", rand.context[is_train], rand.context[~is_train])
+    stats = rand.context_stats
+    probe("random_init_stats", stats[is_train], stats[~is_train])
+    frame_protocol: dict[str, Any] = {}
+    if isinstance(prep, AudioPreprocess) and frames_at is not None:
+        mfcc_stats, mfcc_frames = mfcc_baseline(inputs, prep, frames_at)
+        probe("baseline_mfcc", mfcc_stats[is_train], mfcc_stats[~is_train])
+        frame_protocol = {
+            "frames": {
+                **frame_settings(prep, frames_per_file, max_frames_per_split),
+                **_frame_probe(
+                    {
+                        "cpc_frames": trained.frames,
+                        "random_init_frames": rand.frames,
+                        "baseline_mfcc_frames": mfcc_frames,
+                    },
+                    np.array([len(at) for at in frames_at]),
+                    np.array([it.label for it in items]),
+                    is_train,
+                    max_frames_per_split,
+                    probe,
+                ),
+            }
+        }
+    else:
+        base_train, base_test = _baseline(frozen.modality, items)
+        probe(f"baseline_{BASELINE_NAMES[frozen.modality]}", base_train, base_test)
     classes = sorted(set(train_y) | set(test_y))
     commonest = max(sorted(set(train_y)), key=train_y.count)
     results["chance"] = 1.0 / len(classes)
@@ -482,8 +727,13 @@ def evaluate(
         "protocol": {
             "probe": PROBE_DESCRIPTION,
             "pooling": "mean over valid steps (audio frames, image grid cells, sentences)",
+            "stats_pooling": (
+                "cpc_context_stats, random_init_stats: mean ⊕ standard deviation (ddof=0) "
+                "of c over the same valid steps, 2·C numbers"
+            ),
             "random_init_seed": RANDOM_SEED,
             **({"audio_max_seconds": max_seconds} if frozen.modality == "audio" else {}),
+            **frame_protocol,
         },
         "data": str(Path(data_dir).resolve()),
         "labels_from": source,

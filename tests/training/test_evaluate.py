@@ -1,30 +1,54 @@
-"""Linear-probe evaluation: the probe, the baselines, labels, and `eval` end to end."""
+"""Linear-probe evaluation: the probe, the baselines, pooling, frames, labels, `eval` end to end."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
 
-from service.bundle import load_bundle_spec
+from service.bundle import AudioPreprocess, load_bundle_spec
 from service.preprocess.text import TextTokenizer
 from tests.conftest import TOPICS
 from tests.training.tiny import LENIENT, tiny_config
-from training.baselines import mfcc_features, pixel_features, tfidf_features
+from training import evaluate as evaluate_module
+from training.baselines import mfcc, mfcc_features, pixel_features, tfidf_features
 from training.data import text_spec
-from training.eval_cli import add_eval_command, run_eval_command
-from training.evaluate import embed_inputs, evaluate, probe_accuracy, random_forward, read_labels
+from training.eval_cli import add_eval_command, run_eval_command, summary_lines, write_report
+from training.evaluate import (
+    FRAME_KEYS,
+    embed_inputs,
+    evaluate,
+    even_rows,
+    first_frame_step,
+    frame_steps,
+    input_reader,
+    load_frozen_model,
+    pool_steps,
+    probe_accuracy,
+    random_forward,
+    read_labels,
+)
 from training.export import export_run, preprocess_spec
 from training.tokenizer import train_tokenizer
 from training.train import train
 
-RESULT_KEYS = {"cpc_context", "cpc_encoder", "random_init", "chance", "majority"}
+RESULT_KEYS = {
+    "cpc_context",
+    "cpc_context_stats",
+    "cpc_encoder",
+    "random_init",
+    "random_init_stats",
+    "chance",
+    "majority",
+}
 BASELINES = {"audio": "baseline_mfcc", "image": "baseline_pixels", "text": "baseline_tfidf"}
 RATE = 16000
 
@@ -112,6 +136,133 @@ def test_padding_in_a_batch_changes_no_pooled_vector(modality: str, tmp_path: Pa
     assert alone_c.shape == (3, 16) and alone_z.shape == (3, 16)
     np.testing.assert_allclose(batched_c, alone_c, atol=1e-5)
     np.testing.assert_allclose(batched_z, alone_z, atol=1e-5)
+
+
+@pytest.mark.parametrize("modality", ["audio", "text"])
+def test_stats_pooling_is_mean_and_std_over_valid_steps(modality: str, tmp_path: Path) -> None:
+    cfg = tiny_config(modality)
+    forward = random_forward(cfg)
+    rng = np.random.default_rng(1)
+    if modality == "audio":
+        prep = preprocess_spec(cfg)
+        inputs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (9999, 465, 4000)]
+    else:
+        words = ["one two three.", "four five six seven.", "eight.", "nine ten."]
+        tok = train_tokenizer(words * 5, 300, tmp_path / "tok.json")
+        tokenizer = TextTokenizer.from_file(tok, text_spec(cfg.model))  # type: ignore[arg-type]
+        prep = tokenizer.spec
+        inputs = [tokenizer.encode_sentences(words[:k]) for k in (4, 1, 2)]
+    pooled = pool_steps(forward, inputs, prep, batch_size=3)  # one right-padded batch
+    assert pooled.context_stats.shape == (3, 32)
+    for i, x in enumerate(inputs):
+        c = forward(x[None])[1].reshape(-1, 16)  # alone: every step is valid
+        expected = np.concatenate([c.mean(axis=0), c.std(axis=0)])
+        np.testing.assert_allclose(pooled.context_stats[i], expected, atol=1e-5)
+        np.testing.assert_allclose(pooled.context[i], c.mean(axis=0), atol=1e-5)
+    assert pooled.context_std[1].max() < 1e-6  # one valid step: no spread
+    assert all(f.shape == (0, 16) for f in pooled.frames)  # none asked for
+
+
+# --- frames ---------------------------------------------------------------------------
+
+
+def test_frame_steps_start_after_one_second_evenly_spaced() -> None:
+    prep = preprocess_spec(tiny_config("audio"))
+    assert isinstance(prep, AudioPreprocess)
+    first = first_frame_step(prep)
+    assert prep.hop_samples == 160 and first == 100  # 1 s at 10 ms a step
+    assert frame_steps(100, first).size == 0  # exactly 1 s: no step after it
+    assert frame_steps(101, first).tolist() == [100]
+    assert frame_steps(110, first).tolist() == list(range(100, 110))
+    steps = frame_steps(397, first, per_file=20)  # a 4 s clip
+    assert len(steps) == 20 == len(set(steps.tolist()))
+    assert steps[0] == 100 and steps[-1] < 397 and np.all(np.diff(steps) >= 14)
+    assert even_rows(5, 10).tolist() == [0, 1, 2, 3, 4]
+    assert even_rows(10, 4).tolist() == [0, 2, 5, 7]
+
+
+def _two_voice_corpus(root: Path) -> tuple[Path, list[tuple[str, str, str]]]:
+    """Two "speakers" (different sine pairs) with 1.5-2.5 s clips, plus 0.6 s ones (no frames)."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for k, freqs in enumerate(((220.0, 660.0), (700.0, 1900.0))):
+        (root / f"s{k}").mkdir(parents=True)
+        for i in range(8):
+            seconds = 0.6 if i >= 6 else rng.uniform(1.5, 2.5)
+            t = np.arange(int(seconds * RATE)) / RATE
+            wave = sum(rng.uniform(0.2, 0.3) * np.sin(2 * np.pi * f * t) for f in freqs)
+            wave = wave + 0.01 * rng.standard_normal(len(t))
+            sf.write(root / f"s{k}/{i}.wav", wave.astype(np.float32), RATE)
+            rows.append((f"s{k}/{i}.wav", f"speaker{k}", "test" if i % 2 else "train"))
+    _write_manifest(root, rows)
+    return root, rows
+
+
+def test_frame_probe_fits_train_frames_after_one_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, rows = _two_voice_corpus(tmp_path / "data")
+    train(tiny_config("audio", steps=2), data, tmp_path / "run", progress=False)
+    calls: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    real_probe = evaluate_module.probe_accuracy
+
+    def spy(train_x: Any, train_y: Any, test_x: Any, test_y: Any, **kw: Any) -> float:
+        calls.append((np.asarray(train_x), np.asarray(train_y), np.asarray(test_x), test_y))
+        return real_probe(train_x, train_y, test_x, test_y, **kw)
+
+    monkeypatch.setattr(evaluate_module, "probe_accuracy", spy)
+    report = evaluate(tmp_path / "run", data)
+
+    frozen = load_frozen_model(tmp_path / "run")
+    prep = frozen.preprocess
+    assert isinstance(prep, AudioPreprocess)
+    read = input_reader(prep, None)
+    expected: dict[str, tuple[list[np.ndarray], list[str]]] = {"train": ([], []), "test": ([], [])}
+    train_mfcc: list[np.ndarray] = []
+    for path, label, split in rows:  # each clip alone, at the steps the probe should use
+        wave = read(data / path)
+        steps = frame_steps(prep.num_steps(len(wave)), first_frame_step(prep))
+        assert (steps.size == 0) == (len(wave) < 1.5 * RATE)  # the 0.6 s clips give none
+        assert np.all(steps >= 100)
+        c = frozen.forward(wave[None])[1][0]
+        expected[split][0].append(c[steps])
+        expected[split][1].extend([label] * len(steps))
+        if split == "train":
+            train_mfcc.append(mfcc(wave, RATE)[steps])  # MFCC frame t starts where step t does
+    train_c, test_c = (np.concatenate(expected[s][0]) for s in ("train", "test"))
+    assert len(train_c) == len(test_c) == 6 * 20  # 3 long clips per speaker and split
+    fitted = [
+        call
+        for call in calls
+        if call[0].shape == train_c.shape and np.allclose(call[0], train_c, atol=1e-5)
+    ]
+    assert len(fitted) == 1, "one probe is fitted on exactly the train files' c_t"
+    assert fitted[0][1].tolist() == expected["train"][1]
+    np.testing.assert_allclose(fitted[0][2], test_c, atol=1e-5)
+    assert list(fitted[0][3]) == expected["test"][1]
+    mfcc_rows = np.concatenate(train_mfcc)
+    assert any(
+        call[0].shape == mfcc_rows.shape and np.allclose(call[0], mfcc_rows, atol=1e-4)
+        for call in calls
+    ), "the MFCC frame probe is fitted on the MFCCs of the same frames"
+
+    results, dims, frames = report["results"], report["dims"], report["protocol"]["frames"]
+    assert set(results) == RESULT_KEYS | {"baseline_mfcc", *FRAME_KEYS}
+    frame_dims = {"cpc_frames": 16, "random_init_frames": 16, "baseline_mfcc_frames": 20}
+    assert {key: dims[key] for key in FRAME_KEYS} == frame_dims
+    assert (dims["cpc_context_stats"], dims["random_init_stats"]) == (32, 32)
+    assert results["baseline_mfcc_frames"] >= 0.9  # the two voices differ in every frame
+    assert frames["skipped"] is None and frames["first_step"] == 100
+    assert (frames["train_frames"], frames["test_frames"]) == (120, 120)
+    assert (frames["train_files"], frames["test_files"]) == (6, 6)
+    written = json.loads(write_report(report, tmp_path / "out")[0].read_text(encoding="utf-8"))
+    assert set(FRAME_KEYS) <= set(written["results"]) and set(FRAME_KEYS) <= set(written["dims"])
+    assert written["protocol"]["frames"]["frames_per_file"] == 20
+    assert (tmp_path / "out" / "eval.png").stat().st_size > 1000
+    assert any(line.startswith("frame accuracies (120 train") for line in summary_lines(report))
+
+    capped = evaluate(tmp_path / "run", data, max_frames_per_split=50)["protocol"]["frames"]
+    assert (capped["train_frames"], capped["train_frames_available"]) == (50, 120)
 
 
 # --- labels ----------------------------------------------------------------------------
@@ -208,16 +359,29 @@ def trained(
 
 def _check_report(report: dict, modality: str) -> None:
     assert report["modality"] == modality
-    assert set(report["results"]) == RESULT_KEYS | {BASELINES[modality]}
+    assert set(report["results"]) == RESULT_KEYS | {BASELINES[modality]}  # no frame keys
+    assert set(report["dims"]) == set(report["results"]) - {"chance", "majority"}
+    assert report["dims"]["cpc_context_stats"] == 2 * report["dims"]["cpc_context"]
+    assert "stats_pooling" in report["protocol"]
+    if modality == "audio":  # every clip is 0.4 s: no frame after 1 s, the probe is skipped
+        assert report["protocol"]["frames"]["skipped"]
+        assert report["protocol"]["frames"]["train_frames"] == 0
+    else:
+        assert "frames" not in report["protocol"]
     assert all(0.0 <= v <= 1.0 for v in report["results"].values())
     assert report["results"]["chance"] == pytest.approx(1 / 3)
     assert report["classes"] == ["class0", "class1", "class2"]
     assert (report["train_size"], report["test_size"]) == (12, 6)
 
 
-def test_eval_of_a_run_writes_json_and_png(trained: tuple[Path, str]) -> None:
+def test_eval_of_a_run_writes_json_and_png(
+    trained: tuple[Path, str], caplog: pytest.LogCaptureFixture
+) -> None:
     root, modality = trained
-    assert _run_cli(["eval", str(root / "run"), "--data", str(root / "data")]) == 0
+    with caplog.at_level(logging.INFO):
+        assert _run_cli(["eval", str(root / "run"), "--data", str(root / "data")]) == 0
+    assert ("frame probe skipped" in caplog.text) == (modality == "audio")  # 0.4 s clips
+    assert "file accuracies: cpc_context" in caplog.text
     report = json.loads((root / "run" / "eval.json").read_text(encoding="utf-8"))
     _check_report(report, modality)
     assert report["model_kind"] == "run" and report["labels_from"] == "manifest.csv"
