@@ -126,7 +126,9 @@ def default_config(modality: Modality) -> TrainConfig:
     if modality == "image":
         return TrainConfig(
             modality="image",
-            model=ImageModelConfig(),
+            # Wider z and c than the class defaults (CPC v2: width helps the linear probe);
+            # they cost little, as the patch ResNet stays 64 channels wide.
+            model=ImageModelConfig(encoder_dim=256, context_dim=256),
             loss=LossConfig(prediction_steps=3, min_step=2),
             optim=OptimConfig(batch_size=32, lr=5e-4),
             data=DataConfig(window=0, patch_jitter=0.4),
@@ -134,8 +136,10 @@ def default_config(modality: Modality) -> TrainConfig:
     if modality == "text":
         return TrainConfig(
             modality="text",
-            # Token dropout: without it the model memorised its training sentences.
-            model=TextModelConfig(token_dropout=0.3),
+            # Token dropout: without it the model memorised its training sentences. Units of
+            # 8 tokens (chunks-v1) rather than sentences: short texts get several steps, and
+            # the man-page probe rose from 85.6% to 89.3% (the fortunes one fell 1.2 points).
+            model=TextModelConfig(token_dropout=0.3, chunk_tokens=8),
             loss=LossConfig(prediction_steps=3),
             optim=OptimConfig(batch_size=64, lr=5e-4),
             data=DataConfig(window=8),
