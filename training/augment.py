@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 AUGMENTATIONS = ("gain", "noise", "bandreject", "reverb")
 AUGMENT_P = 0.5  # chance that each chosen effect touches a given crop
@@ -34,6 +33,12 @@ def check_augmentations(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
         raise ValueError(f"unknown audio augmentation(s) {unknown}; known: {AUGMENTATIONS}")
+
+
+def _convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """The first len(x) samples of the linear convolution x * h, through the FFT."""
+    n = len(x) + len(h) - 1
+    return np.fft.irfft(np.fft.rfft(x, n) * np.fft.rfft(h, n), n)[: len(x)]
 
 
 def _room(rate: int, rng: np.random.Generator) -> np.ndarray:
@@ -68,7 +73,7 @@ def augment_batch(
                 x = np.fft.irfft(spectrum, n=length)
             elif name == "reverb":
                 wet = rng.uniform(*WET)
-                x = (1 - wet) * x + wet * fftconvolve(x, _room(rate, rng))[:length]
+                x = (1 - wet) * x + wet * _convolve(x, _room(rate, rng))
             else:
                 check_augmentations([name])
             out[b] = x
