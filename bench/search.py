@@ -167,12 +167,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     setup_logging()
+    # FAISS's thread count is the process's OpenMP one, shared with torch and NumPy's
+    # BLAS: set it for the run only, so a caller in the same process keeps its own.
+    previous = faiss.omp_get_max_threads()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    results = [row for n in args.sizes for row in run_size(n, args)]
+    try:
+        threads = faiss.omp_get_max_threads()
+        results = [row for n in args.sizes for row in run_size(n, args)]
+    finally:
+        faiss.omp_set_num_threads(previous)
     report = {
         "machine": machine_info(),
-        "faiss_threads": faiss.omp_get_max_threads(),
+        "faiss_threads": threads,
         "params": {k: v for k, v in vars(args).items() if k not in ("out", "note")},
         "note": args.note,
         "results": results,
