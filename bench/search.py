@@ -25,7 +25,7 @@ import faiss as _faiss
 import numpy as np
 
 from bench.machine import machine_info, setup_logging, write_results
-from service.index import FlatIndex, IVFIndex, normalized
+from service.index import FlatIndex, IVFIndex, normalized, set_faiss_threads
 
 faiss: Any = _faiss  # its stubs lack the numpy wrappers (see service.index)
 logger = logging.getLogger(__name__)
@@ -167,16 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     setup_logging()
-    # FAISS's thread count is the process's OpenMP one, shared with torch and NumPy's
-    # BLAS: set it for the run only, so a caller in the same process keeps its own.
-    previous = faiss.omp_get_max_threads()
-    if args.threads:
-        faiss.omp_set_num_threads(args.threads)
+    # For the run only: the count is the process's OpenMP one (see set_faiss_threads).
+    previous = set_faiss_threads(args.threads or faiss.omp_get_max_threads())
     try:
         threads = faiss.omp_get_max_threads()
         results = [row for n in args.sizes for row in run_size(n, args)]
     finally:
-        faiss.omp_set_num_threads(previous)
+        set_faiss_threads(previous)
     report = {
         "machine": machine_info(),
         "faiss_threads": threads,

@@ -106,11 +106,22 @@ def start_draining_on_signals(state: Any) -> Callable[[], None]:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Serve with FAISS on one thread (its default OpenMP threads are many times slower
+    here), and give the process its own thread count back when the app stops."""
+    previous = set_faiss_threads(1)
+    try:
+        async with _serve(app):
+            yield
+    finally:
+        set_faiss_threads(previous)
+
+
+@asynccontextmanager
+async def _serve(app: FastAPI) -> AsyncIterator[None]:
     """Load and warm every bundle, open the collections, then serve; on shutdown, drain,
     stop the batchers and close the collections."""
     state = app.state
     settings: Settings = state.settings
-    set_faiss_threads(1)  # FAISS's default OpenMP threads are many times slower here
     if settings.release_memory:
         tune_allocator()  # before the models' thread pools exist
     try:

@@ -528,14 +528,18 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def set_faiss_threads(threads: int) -> None:
-    """Cap FAISS's OpenMP threads for the whole process.
+def set_faiss_threads(threads: int) -> int:
+    """Cap FAISS's OpenMP threads for the whole process; returns the count it replaced.
 
     The service should use 1: a search then runs on the request's own thread. On a
     busy 2-core machine, single-query search with 2 OpenMP threads was 10-40x slower
-    than with 1 (threads spin waiting for a core; see bench/search.py).
+    than with 1 (threads spin waiting for a core; see bench/search.py). The count is
+    the process's OpenMP setting, shared with torch and BLAS: whoever sets it for a
+    while puts the returned one back.
     """
+    previous = int(faiss.omp_get_max_threads())
     faiss.omp_set_num_threads(threads)
+    return previous
 
 
 def make_index(kind: str, dim: int, **params: Any) -> FlatIndex | IVFIndex:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 import soundfile as sf
@@ -39,7 +38,6 @@ from training.tokenizer import train_tokenizer
 
 MODALITIES = ("audio", "image", "text")
 SR = 16000
-OPENMP_THREADS = faiss.omp_get_max_threads()  # before any app of the session capped it
 
 
 @dataclass
@@ -58,17 +56,6 @@ def tokenizer_corpus() -> list[str]:
         for _ in range(40)
         for words in TOPICS
     ]
-
-
-@pytest.fixture(autouse=True)
-def restore_openmp_threads() -> Iterator[None]:
-    """Undo the app's process-wide FAISS thread cap after each test.
-
-    The cap is the process's OpenMP setting, shared with torch: left at 1, it
-    changed the numerics of the training tests that run later in the session.
-    """
-    yield
-    faiss.omp_set_num_threads(OPENMP_THREADS)
 
 
 @pytest.fixture(scope="session")
