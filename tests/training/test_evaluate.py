@@ -24,6 +24,8 @@ from training.data import text_spec
 from training.eval_cli import add_eval_command, run_eval_command, summary_lines, write_report
 from training.evaluate import (
     FRAME_KEYS,
+    AnyPreprocess,
+    ForwardFn,
     embed_inputs,
     evaluate,
     even_rows,
@@ -117,20 +119,31 @@ def test_tfidf_is_fitted_on_train_only() -> None:
 # --- embedding ------------------------------------------------------------------------
 
 
+def tiny_inputs(
+    modality: str,
+    tmp_path: Path,
+    seed: int,
+    samples: tuple[int, ...],
+    words: list[str],
+    sentences: tuple[int, ...],
+) -> tuple[ForwardFn, AnyPreprocess, list[np.ndarray]]:
+    """A random-weight tiny model, its preprocess spec and prepared inputs of unequal lengths:
+    noise clips of `samples` samples, or the first k of `words` for each k in `sentences`."""
+    cfg = tiny_config(modality)
+    if modality == "audio":
+        rng = np.random.default_rng(seed)
+        inputs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in samples]
+        return random_forward(cfg), preprocess_spec(cfg), inputs
+    tok = train_tokenizer(words * 5, 300, tmp_path / "tok.json")
+    tokenizer = TextTokenizer.from_file(tok, text_spec(cfg.model))  # type: ignore[arg-type]
+    inputs = [tokenizer.encode_sentences(words[:k]) for k in sentences]
+    return random_forward(cfg), tokenizer.spec, inputs
+
+
 @pytest.mark.parametrize("modality", ["audio", "text"])
 def test_padding_in_a_batch_changes_no_pooled_vector(modality: str, tmp_path: Path) -> None:
-    cfg = tiny_config(modality)
-    forward = random_forward(cfg)
-    rng = np.random.default_rng(0)
-    if modality == "audio":
-        prep = preprocess_spec(cfg)
-        inputs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (465, 3000, 9999)]
-    else:
-        words = ["one two three.", "four five six seven.", "eight."]
-        tok = train_tokenizer(words * 5, 300, tmp_path / "tok.json")
-        tokenizer = TextTokenizer.from_file(tok, text_spec(cfg.model))  # type: ignore[arg-type]
-        prep = tokenizer.spec
-        inputs = [tokenizer.encode_sentences(words[:k]) for k in (1, 3, 2)]
+    words = ["one two three.", "four five six seven.", "eight."]
+    forward, prep, inputs = tiny_inputs(modality, tmp_path, 0, (465, 3000, 9999), words, (1, 3, 2))
     alone_c, alone_z = embed_inputs(forward, inputs, prep, batch_size=1)
     batched_c, batched_z = embed_inputs(forward, inputs, prep, batch_size=3)
     assert alone_c.shape == (3, 16) and alone_z.shape == (3, 16)
@@ -140,18 +153,8 @@ def test_padding_in_a_batch_changes_no_pooled_vector(modality: str, tmp_path: Pa
 
 @pytest.mark.parametrize("modality", ["audio", "text"])
 def test_stats_pooling_is_mean_and_std_over_valid_steps(modality: str, tmp_path: Path) -> None:
-    cfg = tiny_config(modality)
-    forward = random_forward(cfg)
-    rng = np.random.default_rng(1)
-    if modality == "audio":
-        prep = preprocess_spec(cfg)
-        inputs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (9999, 465, 4000)]
-    else:
-        words = ["one two three.", "four five six seven.", "eight.", "nine ten."]
-        tok = train_tokenizer(words * 5, 300, tmp_path / "tok.json")
-        tokenizer = TextTokenizer.from_file(tok, text_spec(cfg.model))  # type: ignore[arg-type]
-        prep = tokenizer.spec
-        inputs = [tokenizer.encode_sentences(words[:k]) for k in (4, 1, 2)]
+    words = ["one two three.", "four five six seven.", "eight.", "nine ten."]
+    forward, prep, inputs = tiny_inputs(modality, tmp_path, 1, (9999, 465, 4000), words, (4, 1, 2))
     pooled = pool_steps(forward, inputs, prep, batch_size=3)  # one right-padded batch
     assert pooled.context_stats.shape == (3, 32)
     for i, x in enumerate(inputs):
