@@ -15,11 +15,10 @@ speaker identity is what the default audio model is judged on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-AUGMENTATIONS = ("gain", "noise", "bandreject", "reverb")
 AUGMENT_P = 0.5  # chance that each chosen effect touches a given crop
 GAIN_DB = 6.0  # largest level change
 SNR_DB = (5.0, 30.0)  # additive white noise
@@ -30,9 +29,9 @@ _EPS = 1e-8
 
 
 def check_augmentations(names: Sequence[str]) -> None:
-    unknown = [n for n in names if n not in AUGMENTATIONS]
+    unknown = [n for n in names if n not in EFFECTS]
     if unknown:
-        raise ValueError(f"unknown audio augmentation(s) {unknown}; known: {AUGMENTATIONS}")
+        raise ValueError(f"unknown audio augmentation(s) {unknown}; known: {tuple(EFFECTS)}")
 
 
 def _convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -49,32 +48,45 @@ def _room(rate: int, rng: np.random.Generator) -> np.ndarray:
     return tail / np.linalg.norm(tail)
 
 
+def _gain(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
+    return x * 10.0 ** (rng.uniform(-GAIN_DB, GAIN_DB) / 20.0)
+
+
+def _noise(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
+    power = np.mean(x**2) + _EPS
+    snr = 10.0 ** (rng.uniform(*SNR_DB) / 10.0)
+    return x + rng.standard_normal(len(x)) * np.sqrt(power / snr)
+
+
+def _bandreject(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
+    spectrum = np.fft.rfft(x)
+    width = int(rng.uniform(*BAND) * len(spectrum))
+    start = int(rng.integers(0, len(spectrum) - width + 1))
+    spectrum[start : start + width] = 0.0
+    return np.fft.irfft(spectrum, n=len(x))
+
+
+def _reverb(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
+    wet = rng.uniform(*WET)
+    return (1 - wet) * x + wet * _convolve(x, _room(rate, rng))
+
+
+Effect = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]  # (crop, rate, rng)
+EFFECTS: dict[str, Effect] = {
+    "gain": _gain,
+    "noise": _noise,
+    "bandreject": _bandreject,
+    "reverb": _reverb,
+}
+
+
 def augment_batch(
     crops: np.ndarray, names: Sequence[str], rate: int, rng: np.random.Generator
 ) -> np.ndarray:
     """float32 [B, T] crops with the effects `names` applied independently per crop."""
+    check_augmentations(names)
     out = np.array(crops, dtype=np.float64)  # [B, T]
-    length = out.shape[1]
     for name in names:
-        chosen = np.flatnonzero(rng.random(len(out)) < AUGMENT_P)
-        for b in chosen:
-            x = out[b]
-            if name == "gain":
-                x = x * 10.0 ** (rng.uniform(-GAIN_DB, GAIN_DB) / 20.0)
-            elif name == "noise":
-                power = np.mean(x**2) + _EPS
-                snr = 10.0 ** (rng.uniform(*SNR_DB) / 10.0)
-                x = x + rng.standard_normal(length) * np.sqrt(power / snr)
-            elif name == "bandreject":
-                spectrum = np.fft.rfft(x)
-                width = int(rng.uniform(*BAND) * len(spectrum))
-                start = int(rng.integers(0, len(spectrum) - width + 1))
-                spectrum[start : start + width] = 0.0
-                x = np.fft.irfft(spectrum, n=length)
-            elif name == "reverb":
-                wet = rng.uniform(*WET)
-                x = (1 - wet) * x + wet * _convolve(x, _room(rate, rng))
-            else:
-                check_augmentations([name])
-            out[b] = x
+        for b in np.flatnonzero(rng.random(len(out)) < AUGMENT_P):
+            out[b] = EFFECTS[name](out[b], rate, rng)
     return out.astype(np.float32)
