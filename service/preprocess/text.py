@@ -199,7 +199,8 @@ class TextTokenizer:
     def encode_chunks(self, sentences: list[str]) -> tuple[np.ndarray, list[str]]:
         """The "chunks-v1" units: int64 [U, L] runs of `chunk_tokens` ids of the joined
         sentences, at most `max_sentences` of them, and the text of each unit (decoded)."""
-        size = self.spec.chunk_tokens or self.spec.max_tokens
+        size = self.spec.chunk_tokens
+        assert size, "the constructor refuses chunks-v1 without chunk_tokens"
         ids = self._tok.encode(" ".join(sentences)).ids if sentences else []
         rows = [ids[i : i + size] for i in range(0, len(ids), size)] or [[self.unk_id]]
         rows = rows[: self.spec.max_sentences]
