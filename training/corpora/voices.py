@@ -133,14 +133,14 @@ def build_voices(
                 for s in missing
             )
         )
-    speakers: list[tuple[Source, str, list[tuple[Path, float]]]] = []
+    speakers: list[tuple[Source, Path, list[tuple[Path, float]]]] = []
     for source in chosen:
         for folder in source.speaker_folders():
             found = _recordings(folder, min_seconds)
             if len(found) < min_files:
                 logger.info("leaving out %s: %d recordings < %d", folder, len(found), min_files)
                 continue
-            speakers.append((source, folder.name, found))
+            speakers.append((source, folder, found))
     if len(speakers) < 2:
         raise CorpusError(
             f"found {len(speakers)} speaker(s) with at least {min_files} recordings; "
@@ -149,11 +149,10 @@ def build_voices(
     out = Path(out)
     prepare_output(out)
     rows: list[Row] = []
-    for source, folder_name, found in speakers:
-        speaker = _speaker_id(source, source.root / folder_name)
-        root = source.root / folder_name
+    for source, folder, found in speakers:
+        speaker = _speaker_id(source, folder)
         names = [
-            "__".join(p.relative_to(root).with_suffix("").parts) + p.suffix.lower()
+            "__".join(p.relative_to(folder).with_suffix("").parts) + p.suffix.lower()
             for p, _ in found
         ]
         splits = assign_splits(names, seed=seed, test_fraction=test_fraction)
