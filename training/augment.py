@@ -83,8 +83,8 @@ EFFECTS: dict[str, Effect] = {
 def augment_batch(
     crops: np.ndarray, names: Sequence[str], rate: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """float32 [B, T] crops with the effects `names` applied independently per crop."""
-    check_augmentations(names)
+    """float32 [B, T] crops with the effects `names` (checked once, by `check_augmentations`
+    when the dataset loads) applied independently per crop."""
     out = np.array(crops, dtype=np.float64)  # [B, T]
     for name in names:
         for b in np.flatnonzero(rng.random(len(out)) < AUGMENT_P):
