@@ -261,7 +261,6 @@ def run_index(
         if pooling is not None and pooling != loaded.pooling:
             raise IndexerError(f"{vectors} holds {loaded.pooling} pooled vectors, not {pooling}")
         model, pooling = loaded.model, loaded.pooling
-    set_faiss_threads(1)
     lock = DataDirLock(settings.data_dir, exclusive=True)
     if force:
         logger.warning(
@@ -270,6 +269,7 @@ def run_index(
         )
     else:
         lock.acquire()
+    threads = set_faiss_threads(1)
     try:
         job = _Job(collection, metadata, settings, model, batch, index, workers, pooling)
         if loaded is not None:
@@ -277,6 +277,7 @@ def run_index(
         assert data is not None
         return job.embed_files(data, files)
     finally:
+        set_faiss_threads(threads)
         lock.release()
 
 
