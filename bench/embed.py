@@ -55,10 +55,10 @@ from bench.serving import (
 )
 from bench.workloads import request_body, typical_inputs
 from service.config import DEFAULT_MODELS_DIR, Settings
-from service.encoder import OnnxEncoder, Prepared
 from service.errors import BundleError
-from service.pooling import l2_normalize, pool
-from service.registry import bundle_folders
+from service.inference.model import OnnxEncoder, Prepared
+from service.inference.pooling import l2_normalize, pool
+from service.inference.registry import bundle_folders
 
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -230,7 +230,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def load_torch_model(runs_dir: Path, encoder: OnnxEncoder) -> tuple[Any, str]:
     """The run's torch model for this bundle, or (None, why not)."""
     try:
-        from training.export import load_run_model
+        from training.export.onnx_export import load_run_model
     except ImportError as exc:
         return None, f"torch is not installed ({exc})"
     for name in (encoder.name, encoder.modality):

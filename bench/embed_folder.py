@@ -34,8 +34,8 @@ from bench.machine import machine_info, machine_line, setup_logging, write_resul
 from bench.serving import ServiceProcess, closed_loop, make_client
 from bench.workloads import request_body
 from service.config import DEFAULT_MODELS_DIR, Settings
-from service.embed_folder import run_embed_folder
-from service.indexer_files import list_files
+from service.offline.embed_folder import run_embed_folder
+from service.offline.files import list_files
 from tests.conftest import make_audio_folder, make_image_folder, make_text_folder
 
 logger = logging.getLogger(__name__)

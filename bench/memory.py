@@ -42,7 +42,7 @@ from bench.serving import (
 from bench.workloads import random_input, request_body
 from service.config import DEFAULT_MODELS_DIR, Settings
 from service.errors import BundleError
-from service.registry import bundle_folders
+from service.inference.registry import bundle_folders
 
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"

@@ -25,9 +25,9 @@ import faiss as _faiss
 import numpy as np
 
 from bench.machine import machine_info, setup_logging, write_results
-from service.index import FlatIndex, IVFIndex, normalized, set_faiss_threads
+from service.vectors.index import FlatIndex, IVFIndex, normalized, set_faiss_threads
 
-faiss: Any = _faiss  # its stubs lack the numpy wrappers (see service.index)
+faiss: Any = _faiss  # its stubs lack the numpy wrappers (see service.vectors.index)
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
 TARGET_SPEEDUP = 5.0  # the approximate index against flat, queries/s of single queries

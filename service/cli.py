@@ -38,7 +38,7 @@ INSTALL_HINT = (
 
 def _vector_poolings() -> tuple[str, ...]:
     """What `--pooling` takes: the poolings that give one vector per file."""
-    from service.pooling import VECTOR_POOLINGS
+    from service.inference.pooling import VECTOR_POOLINGS
 
     return VECTOR_POOLINGS
 
@@ -185,7 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_quietly)
     signal.signal(signal.SIGINT, _exit_quietly)
     uvicorn.run(
-        "service.app:create_app",
+        "service.api.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -209,11 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "index":
-        from service.indexer import main as index_main
+        from service.offline.index_command import main as index_main
 
         return index_main(args)
     if args.command == "embed-folder":
-        from service.embed_folder import main as embed_folder_main
+        from service.offline.embed_folder import main as embed_folder_main
 
         return embed_folder_main(args)
     from training.cli import run_training_command

@@ -1,6 +1,6 @@
 """Settings of the service, read from the environment (prefix `CPC_`).
 
-Every setting of the public contract (API.md) is here with its documented
+Every setting of the public contract (docs/api.md) is here with its documented
 default, plus the knobs of batching and onnxruntime. `create_app` takes a
 `Settings` object, so tests build one directly instead of touching the
 environment.

@@ -1,7 +1,7 @@
 """Domain errors of the service and the HTTP status each one maps to.
 
 These exceptions carry no web-framework types, so the pure preprocessing that
-training shares can raise them too; `service.handlers` turns them into JSON
+training shares can raise them too; `service.api.error_handlers` turns them into JSON
 responses with a `detail` a person can read.
 """
 

@@ -2,7 +2,7 @@
 
 `configure_logging` gives the root logger one stderr handler and routes
 uvicorn's own loggers through it (their handlers removed, so no line is
-written twice); uvicorn's access log is off, because `service.requestlog`
+written twice); uvicorn's access log is off, because `service.api.middleware.request_log`
 writes one richer access line per request. CPC_LOG_FORMAT picks the format:
 
 - `json` (default): `{"ts", "level", "logger", "message", "request_id"?, ...}`
@@ -109,7 +109,7 @@ def configure_logging(fmt: str = "json", level: str | int = "INFO") -> logging.H
         uvicorn_logger.setLevel(logging.NOTSET)  # the root's level, until uvicorn sets its own
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    access = logging.getLogger("uvicorn.access")  # replaced by service.requestlog
+    access = logging.getLogger("uvicorn.access")  # replaced by service.api.middleware.request_log
     access.handlers.clear()
     access.propagate = False
     access.disabled = True

@@ -24,7 +24,7 @@ from bench.rawhttp import RawHttpClient, RawHttpError
 from bench.serving import ServiceProcess, batch_histogram, closed_loop, latency_ms, scrape
 from bench.workloads import random_input, request_body, typical_inputs
 from tests.training.tiny import LENIENT, tiny_config
-from training.export import export_run
+from training.export.onnx_export import export_run
 from training.train import train
 
 MODALITIES = ("audio", "image", "text")

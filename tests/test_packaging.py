@@ -45,7 +45,7 @@ def export_tiny_bundles(dest: Path) -> list[str]:
     import torch
 
     from tests.training.tiny import tiny_config
-    from training.export import export_model
+    from training.export.onnx_export import export_model
     from training.models.cpc import build_model
     from training.tokenizer import train_tokenizer
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from training.config import MODALITIES, PRESETS, load_config
 from training.data import DataError
-from training.quantize import CalibrationConfig
+from training.export.quantize import CalibrationConfig
 
 logger = logging.getLogger(__name__)
 
 
 def add_training_commands(sub: argparse._SubParsersAction) -> None:
     from training.corpora.cli import add_data_command
-    from training.eval_cli import add_eval_command
+    from training.evaluation.cli import add_eval_command
 
     add_data_command(sub)
     add_eval_command(sub)
@@ -105,7 +105,7 @@ def _export(args: argparse.Namespace) -> int:
     import os
 
     from training.distributed import rank_from_env
-    from training.export import export_run
+    from training.export.onnx_export import export_run
 
     if not rank_from_env(os.environ).is_main:
         return 0  # under torchrun: rank 0 exports, the others have nothing to do
@@ -122,7 +122,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from training.export import add_quantized_copy
+    from training.export.onnx_export import add_quantized_copy
 
     calibration = CalibrationConfig(min_cosine=args.min_cosine)
     spec = add_quantized_copy(args.bundle, args.data, calibration)
@@ -137,9 +137,9 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def run_training_command(args: argparse.Namespace) -> int:
     from training.corpora.cli import run_data_command
-    from training.eval_cli import run_eval_command
-    from training.export import ExportError
-    from training.quantize import QuantizeError
+    from training.evaluation.cli import run_eval_command
+    from training.export.onnx_export import ExportError
+    from training.export.quantize import QuantizeError
     from training.train import TrainingDiverged
 
     handlers = {

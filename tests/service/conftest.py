@@ -26,13 +26,13 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from tests.conftest import TOPICS
 from tests.service.live import LiveServer
 from tests.training.tiny import tiny_config
 from training.config import TrainConfig
-from training.export import export_model
+from training.export.onnx_export import export_model
 from training.models.cpc import CPCModel, build_model
 from training.tokenizer import train_tokenizer
 

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import uvicorn
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]

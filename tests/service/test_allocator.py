@@ -9,9 +9,9 @@ import platform
 import numpy as np
 import pytest
 
-from service import allocator, batcher
-from service.batcher import DynamicBatcher
-from service.encoder import OnnxEncoder
+from service.inference import allocator, batcher
+from service.inference.batcher import DynamicBatcher
+from service.inference.model import OnnxEncoder
 from service.metrics import Metrics
 from tests.service.conftest import TinyBundle, audio_bytes
 from tests.service.test_batching import FakeEncoder, item

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import DEFAULT_MODELS_DIR, Settings
 from service.errors import BundleError
 from tests.conftest import make_audio_folder
 from tests.service.conftest import TEXTS, MakeClient, TinyBundle, audio_bytes, b64, image_bytes
 from tests.training.tiny import LENIENT
-from training.export import export_model
+from training.export.onnx_export import export_model
 
 
 def copy_bundles(models_dir: Path, target: Path, names: tuple[str, ...] = ("audio",)) -> Path:

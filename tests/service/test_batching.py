@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.batcher import DynamicBatcher, split_by_budget
-from service.encoder import Prepared
 from service.errors import NotReady, Overloaded
+from service.inference.batcher import DynamicBatcher, split_by_budget
+from service.inference.model import Prepared
 from service.metrics import Metrics
 from tests.service.conftest import TEXTS, MakeClient, audio_bytes, b64, image_bytes
 

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.bulk import FilePipeline, Progress
-from service.bulk_output import VectorFileError, load_vectors
+from service.api.app import create_app
 from service.cli import main
-from service.embed_folder import run_embed_folder
-from service.indexer import IndexerError, run_index
+from service.offline.embed_folder import run_embed_folder
+from service.offline.index_command import IndexerError, run_index
+from service.offline.pipeline import FilePipeline, Progress
+from service.offline.vector_files import VectorFileError, load_vectors
 from tests.service.conftest import audio_bytes, b64, image_bytes
 from tests.service.test_indexer import settings
 

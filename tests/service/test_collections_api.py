@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.collections import CollectionManager
+from service.api.app import create_app
 from service.config import Settings
+from service.vectors.collection import CollectionManager
 from tests.service.conftest import (
     TEXTS,
     MakeClient,

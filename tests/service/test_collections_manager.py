@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.collections import INDEX_FILE, CollectionManager
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge
+from service.vectors.collection import INDEX_FILE, CollectionManager
 
 DIM = 16
 

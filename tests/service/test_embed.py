@@ -14,9 +14,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
-from service.pooling import from_base64
+from service.inference.pooling import from_base64
 from service.preprocess.text import TextTokenizer
 from tests.service.conftest import (
     SR,
@@ -31,7 +31,7 @@ from tests.service.conftest import (
 )
 from tests.training.tiny import tiny_config
 from training.data import text_spec
-from training.export import export_model
+from training.export.onnx_export import export_model
 from training.models.cpc import build_model
 
 DIM = 16

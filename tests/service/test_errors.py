@@ -1,4 +1,4 @@
-"""Every error status of API.md: a readable `detail`, no stack trace, and the server goes on."""
+"""Every error status of docs/api.md: a readable `detail`, no traceback, the server goes on."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from tests.service.conftest import (
     SR,

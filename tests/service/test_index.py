@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index import (
+from service.vectors.index import (
     FlatIndex,
     IVFIndex,
     SnapshotError,

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 from service.cli import main
 from service.config import Settings
-from service.datalock import DataDirBusy, DataDirLock
-from service.indexer import IndexerError, run_index
+from service.offline.index_command import IndexerError, run_index
+from service.vectors.datalock import DataDirBusy, DataDirLock
 from tests.service.conftest import TEXTS, audio_bytes, b64, image_bytes
 
 
@@ -136,7 +136,7 @@ def test_progress_is_logged_without_tqdm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
-    with caplog.at_level(logging.INFO, logger="service.indexer"):
+    with caplog.at_level(logging.INFO, logger="service.offline.index_command"):
         run_index("clips", clips, settings=settings(models_dir, tmp_path))
     messages = [r.getMessage() for r in caplog.records]
     assert "index clips: 5 file(s) to embed" in messages

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import cli
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from service.logging_setup import (
     REQUEST_ID,
@@ -105,7 +105,7 @@ def test_configure_logging_writes_each_line_once(capsys: pytest.CaptureFixture[s
     configure_logging("json", "INFO")  # and uvicorn's own handlers are removed
     logging.getLogger("uvicorn.error").info("Started server process")
     logging.getLogger("uvicorn.access").info("GET / 200")  # replaced by our access lines
-    logging.getLogger("service.app").info("ready")
+    logging.getLogger("service.api.app").info("ready")
     lines = capsys.readouterr().err.splitlines()
     assert [json.loads(line)["message"] for line in lines] == ["Started server process", "ready"]
 
@@ -121,7 +121,7 @@ def test_serve_configures_logging_and_uvicorn(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("CPC_LOG_FORMAT", "text")
     monkeypatch.setenv("CPC_REQUEST_TIMEOUT_S", "10")
     assert cli.main(["serve", "--port", "8123"]) == 0
-    assert seen["app"] == "service.app:create_app" and seen["factory"] is True
+    assert seen["app"] == "service.api.app:create_app" and seen["factory"] is True
     assert seen["log_config"] is None and seen["access_log"] is False
     assert seen["timeout_graceful_shutdown"] == 10 + cli.SHUTDOWN_GRACE_S
     (handler,) = logging.getLogger().handlers

@@ -13,9 +13,9 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
-from service.originals import CLIP_RATE, OriginalLimits, make_original
+from service.vectors.originals import CLIP_RATE, OriginalLimits, make_original
 from tests.service.conftest import TEXTS, MakeClient, audio_bytes, b64, image_bytes, random_vectors
 
 LIMITS = OriginalLimits(

@@ -8,7 +8,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from service.routes.playground import ASSETS, STATIC_DIR
+from service.api.routes.playground import ASSETS, STATIC_DIR
 from tests.service.conftest import MakeClient
 
 

@@ -1,11 +1,11 @@
-"""`service.pooling`: every pooling of [steps, D] vectors, its dimension and its precision."""
+"""`service.inference.pooling`: each pooling of [steps, D] vectors, its width and precision."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.pooling import POOLINGS, VECTOR_POOLINGS, l2_normalize, pool, pooled_dim
+from service.inference.pooling import POOLINGS, VECTOR_POOLINGS, l2_normalize, pool, pooled_dim
 
 
 def steps(n: int = 5, dim: int = 3, seed: int = 0) -> np.ndarray:

@@ -19,8 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Message
 
+from service.api.middleware.timeouts import RequestTimeoutMiddleware
 from service.config import Settings
-from service.timeouts import RequestTimeoutMiddleware
 from tests.service.conftest import TEXTS, MakeClient, random_vectors
 
 FULL, READ = "full-key-0123456789", "read-key-9876543210"

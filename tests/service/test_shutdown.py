@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.app import start_draining_on_signals
-from service.routes.health import not_ready_reason
-from service.shutdown import drain_on_signals
+from service.api.app import start_draining_on_signals
+from service.api.routes.health import not_ready_reason
+from service.api.shutdown import drain_on_signals
 from tests.service.conftest import random_vectors, unit
 from tests.service.live import LiveServer
 

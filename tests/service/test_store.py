@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidInput, NotFound
-from service.store import CollectionInfo, ItemStore, Original, json_equal
+from service.vectors.store import CollectionInfo, ItemStore, Original, json_equal
 
 DIM = 4
 

@@ -136,7 +136,7 @@ def test_quantize_below_the_bound_is_one_line_exit_1(
     corpora: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests.training.tiny import tiny_config
-    from training.export import export_model
+    from training.export.onnx_export import export_model
     from training.models.cpc import build_model
 
     cfg = tiny_config("image")

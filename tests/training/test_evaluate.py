@@ -18,11 +18,11 @@ from service.bundle import AudioPreprocess, load_bundle_spec
 from service.preprocess.text import TextTokenizer
 from tests.conftest import TOPICS
 from tests.training.tiny import LENIENT, tiny_config
-from training import evaluate as evaluate_module
-from training.baselines import mfcc, mfcc_features, pixel_features, tfidf_features
 from training.data import text_spec
-from training.eval_cli import add_eval_command, run_eval_command, summary_lines, write_report
-from training.evaluate import (
+from training.evaluation import evaluate as evaluate_module
+from training.evaluation.baselines import mfcc, mfcc_features, pixel_features, tfidf_features
+from training.evaluation.cli import add_eval_command, run_eval_command, summary_lines, write_report
+from training.evaluation.evaluate import (
     FRAME_KEYS,
     AnyPreprocess,
     ForwardFn,
@@ -38,7 +38,7 @@ from training.evaluate import (
     random_forward,
     read_labels,
 )
-from training.export import export_run, preprocess_spec
+from training.export.onnx_export import export_run, preprocess_spec
 from training.tokenizer import train_tokenizer
 from training.train import train
 

@@ -13,9 +13,9 @@ import torch
 
 from service.bundle import load_bundle_spec
 from tests.training.tiny import LENIENT, tiny_config
-from training.export import ExportError, example_inputs, export_model, export_run
+from training.export.onnx_export import ExportError, example_inputs, export_model, export_run
+from training.export.quantize import CalibrationConfig
 from training.models.cpc import build_model
-from training.quantize import CalibrationConfig
 from training.tokenizer import train_tokenizer
 from training.train import train
 

@@ -11,7 +11,7 @@ from training.config import (
     TextModelConfig,
     TrainConfig,
 )
-from training.quantize import CalibrationConfig
+from training.export.quantize import CalibrationConfig
 
 # Two-step models are near their random start; their int8 copies are checked
 # against a looser bound than a trained bundle's 0.999.

@@ -1,0 +1,1 @@
+"""The HTTP layer: app factory and lifespan, request bodies, schemas, middleware, routes."""

@@ -1,0 +1,217 @@
+"""The application factory and its lifespan.
+
+`create_app(settings)` builds the FastAPI app: exception handlers, the routers
+of `service.api.routes.ROUTERS`, and the middleware (outermost first): request
+log (request id, access line, last-resort 500), metrics, CORS (when origins
+are set), API keys (when a key is set), request timeout, body limit. The
+lifespan loads every bundle of CPC_MODELS_DIR, warms it up, creates
+CPC_DATA_DIR (and takes a shared lock on it, see `service.vectors.datalock`), opens
+every collection and makes sure each bundle has the collection named after
+it, starts the batchers and only then reports ready; a bad bundle stops the
+start with a message naming the file. While it runs, the index snapshots of
+changed collections are written every CPC_SNAPSHOT_INTERVAL_S. Shutdown
+(SIGTERM or SIGINT under uvicorn) marks the app as draining at once, so
+/ready answers 503 while the server finishes the requests in flight; then the
+lifespan stops the batchers and closes the collections (which writes their
+snapshots).
+
+`cpc-embed serve` runs it with uvicorn as the factory "service.api.app:create_app".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.api.error_handlers import install_exception_handlers
+from service.api.middleware.auth import ApiKeyMiddleware
+from service.api.middleware.body_size import BodyLimitMiddleware
+from service.api.middleware.metrics import MetricsMiddleware
+from service.api.middleware.request_log import REQUEST_ID_HEADER, RequestLogMiddleware
+from service.api.middleware.timeouts import RequestTimeoutMiddleware
+from service.api.routes import ROUTERS
+from service.api.shutdown import drain_on_signals
+from service.config import Settings
+from service.errors import BundleError
+from service.inference.allocator import tune_allocator
+from service.inference.registry import ModelRegistry, load_registry
+from service.metrics import Metrics
+from service.vectors.collection import CollectionManager
+from service.vectors.datalock import DataDirLock
+from service.vectors.index import set_faiss_threads
+from service.vectors.operations import open_collections
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Contrastive Predictive Coding embeddings of audio, images and text, served from ONNX "
+    "bundles. Every error is a JSON object with a `detail` field."
+)
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError(
+            f"{settings.data_dir}: cannot create the data folder (CPC_DATA_DIR): {exc}"
+        ) from exc
+
+
+async def _snapshot_loop(manager: CollectionManager, interval_s: float) -> None:
+    """Write the snapshots of changed collections every `interval_s` seconds, for ever."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(manager.snapshot_all)
+
+
+async def _open_collections(app: FastAPI, registry: ModelRegistry) -> CollectionManager:
+    settings: Settings = app.state.settings
+    manager = CollectionManager(settings.data_dir, max_metadata_bytes=settings.max_metadata_bytes)
+    try:
+        await asyncio.to_thread(open_collections, manager, registry, app.state.metrics)
+    except BaseException:
+        await asyncio.to_thread(manager.close_all)
+        raise
+    return manager
+
+
+def start_draining_on_signals(state: Any) -> Callable[[], None]:
+    """Mark `state` as draining as soon as SIGTERM or SIGINT arrives (see service.api.shutdown)."""
+    loop = asyncio.get_running_loop()
+
+    def begin(signum: int) -> None:
+        state.draining = True  # only a flag: safe inside a signal handler
+        loop.call_soon_threadsafe(
+            functools.partial(
+                logger.info,
+                "%s received: draining (/ready answers 503), finishing the requests in flight",
+                signal.Signals(signum).name,
+            ),
+            context=contextvars.Context(),  # not the context of the request it interrupted
+        )
+
+    return drain_on_signals(begin)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Serve with FAISS on one thread (its default OpenMP threads are many times slower
+    here), and give the process its own thread count back when the app stops."""
+    previous = set_faiss_threads(1)
+    try:
+        async with _serve(app):
+            yield
+    finally:
+        set_faiss_threads(previous)
+
+
+@asynccontextmanager
+async def _serve(app: FastAPI) -> AsyncIterator[None]:
+    """Load and warm every bundle, open the collections, then serve; on shutdown, drain,
+    stop the batchers and close the collections."""
+    state = app.state
+    settings: Settings = state.settings
+    if settings.release_memory:
+        tune_allocator()  # before the models' thread pools exist
+    try:
+        registry = await asyncio.to_thread(load_registry, settings, state.metrics)
+        _prepare_data_dir(settings)
+        data_lock = DataDirLock(settings.data_dir, exclusive=False).acquire()
+    except (BundleError, RuntimeError) as exc:  # DataDirBusy is a RuntimeError
+        logger.error("cannot start: %s", exc)
+        raise
+    try:
+        manager = await _open_collections(app, registry)
+    except Exception as exc:
+        data_lock.release()
+        logger.error("cannot start: opening the collections failed: %s", exc)
+        raise
+    state.collections = manager
+    state.pending.discard("collections")
+    registry.start()
+    state.registry = registry
+    state.pending.discard("models")
+    snapshots = None
+    if settings.snapshot_interval_s > 0:
+        snapshots = asyncio.create_task(_snapshot_loop(manager, settings.snapshot_interval_s))
+    logger.info(
+        "ready with %d model(s): %s; %d collection(s)",
+        len(registry),
+        ", ".join(registry.names) or "none",
+        len(manager.list()),
+    )
+    restore_signals = start_draining_on_signals(state)
+    try:
+        yield
+    finally:
+        state.draining = True
+        restore_signals()
+        try:
+            if snapshots is not None:
+                snapshots.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await snapshots
+            await registry.stop()
+            await asyncio.to_thread(manager.close_all)  # writes the changed snapshots
+        finally:
+            data_lock.release()
+        logger.info("stopped")
+
+
+def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    # Each add_middleware wraps what is there: the last one added runs first.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    if settings.api_key or settings.read_api_key:
+        app.add_middleware(
+            ApiKeyMiddleware, api_key=settings.api_key, read_api_key=settings.read_api_key
+        )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER],
+        )
+    # The routers' own routes too: FastAPI wraps an included router in an object without a
+    # path, and a request refused before routing (401, 413) is still labelled by its route.
+    routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    app.add_middleware(RequestLogMiddleware, routes=routes)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app serving the bundles of `settings.models_dir` (default: from the environment)."""
+    settings = settings if settings is not None else Settings()
+    app = FastAPI(
+        title="cpc-embed",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    metrics = Metrics()
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = None
+    app.state.collections = None
+    # start-up steps not done yet; /ready is 503 until empty
+    app.state.pending = {"models", "collections"}
+    app.state.draining = False
+    install_exception_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    _add_middleware(app, settings, metrics)
+    return app

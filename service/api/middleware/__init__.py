@@ -1,0 +1,1 @@
+"""Pure-ASGI middleware: API keys, body size, timeouts, the access log and request metrics."""

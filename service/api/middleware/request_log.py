@@ -1,0 +1,114 @@
+"""Request ids, one access-log line per request, and the last word on unexpected errors.
+
+The outermost middleware of the app (pure ASGI):
+- takes the request's `X-Request-ID` when it is sane (1 to 128 letters,
+  digits and `._:-`, starting with a letter or digit), else makes one up;
+  sets it in `service.logging_setup.REQUEST_ID` for every line logged while
+  serving the request and returns it as the `X-Request-ID` response header;
+- logs one line on `service.access` per request, with the fields `method`,
+  `route` (the template, never the raw path, which may hold ids), `status`,
+  `duration_ms`, `request_id` and `client`; never a header or a body, so
+  keys and payloads stay out of the log;
+- answers an exception that escaped every handler with the 500 of
+  `service.api.error_handlers` and logs it once, with its stack trace; it is not
+  re-raised, so the server does not log it a second time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.error_handlers import internal_error, log_unexpected
+from service.api.middleware.metrics import route_template
+from service.logging_setup import REQUEST_ID
+
+access_logger = logging.getLogger("service.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's X-Request-ID if it is sane, else a new random one."""
+    for key, value in scope.get("headers", []):
+        if key == b"x-request-id":
+            given = bytes(value).decode("latin-1").strip()
+            if _SANE_ID.fullmatch(given):
+                return given
+            break
+    return uuid.uuid4().hex
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    if not client:
+        return None
+    host, port = client[0], client[1]
+    return f"{host}:{port}"
+
+
+class RequestLogMiddleware:
+    """Request id in and out, an access line per request, and a 500 for what escapes."""
+
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        token = REQUEST_ID.set(request_id)
+        start = time.perf_counter()
+        sent: dict[str, Any] = {"status": None}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = int(message["status"])
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        method, path = str(scope.get("method", "")), str(scope.get("path", ""))
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            log_unexpected(method, path, exc)
+            if sent["status"] is None:
+                await internal_error(path)(scope, receive, send_with_id)
+        finally:
+            self._log(scope, method, sent["status"], start, request_id)
+            REQUEST_ID.reset(token)
+
+    def _log(
+        self, scope: Scope, method: str, status: int | None, start: float, request_id: str
+    ) -> None:
+        route = route_template(scope, self.routes)
+        duration_ms = round((time.perf_counter() - start) * 1000.0, 2)
+        fields = {
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": duration_ms,
+            "request_id": request_id,
+            "client": _client(scope),
+        }
+        try:
+            access_logger.info(
+                "%s %s %s %.1f ms",
+                method,
+                route,
+                status if status is not None else "-",
+                duration_ms,
+                extra={"fields": fields},
+            )
+        except Exception:  # a log line must never break a response
+            logging.getLogger(__name__).exception("could not write the access line")

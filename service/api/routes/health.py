@@ -1,0 +1,47 @@
+"""Probes: /health (the process runs) and /ready (it can serve).
+
+Readiness lives on `app.state`: `pending` is the set of start-up steps not
+done yet (the lifespan adds "models" and removes it once every bundle is
+loaded and warm; a later step, such as opening collections, adds its own),
+and `draining` is set when shutdown begins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.api.error_handlers import error_response
+
+router = APIRouter(tags=["probes"])
+
+
+def not_ready_reason(state: Any) -> str | None:
+    """Why the app cannot serve yet (or any more), or None when it is ready."""
+    if getattr(state, "draining", False):
+        return "not ready: the service is shutting down"
+    pending: set[str] = getattr(state, "pending", {"start-up"})
+    if pending:
+        return f"not ready: still loading {', '.join(sorted(pending))}"
+    return None
+
+
+@router.get("/health", summary="Liveness: 200 while the process runs")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: 200 once every bundle is loaded and warm, 503 before and while draining",
+    responses={503: {"description": "not ready; `detail` says why"}},
+)
+async def ready(request: Request) -> JSONResponse:
+    reason = not_ready_reason(request.app.state)
+    if reason is not None:
+        return error_response(503, reason)
+    registry = getattr(request.app.state, "registry", None)
+    models = registry.names if registry is not None else []
+    return JSONResponse({"status": "ready", "models": models})

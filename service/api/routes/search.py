@@ -1,0 +1,117 @@
+"""POST /search: the items of a collection nearest to an input or a vector.
+
+JSON: `SearchRequest` (exactly one of `input` and `vector`). Multipart: one
+`file` or `text` part, with `collection`, `k` and optionally `filter` (a JSON
+object as a string) as form fields. The input is embedded with the
+collection's model through `embed_inputs`; the search itself runs in a worker
+thread. Results are best first, at most `k`, scored by cosine similarity;
+with `with_original`, each also says the media type of the original its item
+keeps (or null), so that a page knows what it can show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service.api.bodies import (
+    JSON_TYPE,
+    is_form,
+    is_json,
+    media_type,
+    openapi_body,
+    parse_json_field,
+    part_limit,
+    read_form,
+    unsupported,
+)
+from service.api.collection_schemas import (
+    SearchOptions,
+    SearchRequest,
+    SearchResponse,
+    schema_error,
+)
+from service.api.deps import CollectionsDep, RegistryDep, SettingsDep
+from service.api.schemas import OrjsonResponse, parse_model
+from service.config import Settings
+from service.inference.inputs import ApiInput, form_inputs
+from service.vectors.collection import validate_filter
+from service.vectors.operations import get_collection, query_vector
+
+router = APIRouter(tags=["search"])
+
+SEARCH_BODY = openapi_body(
+    SearchRequest,
+    {
+        "type": "object",
+        "required": ["collection"],
+        "properties": {
+            "file": {"type": "string", "format": "binary"},
+            "text": {"type": "string"},
+            "collection": {"type": "string"},
+            "k": {"type": "integer", "default": 10},
+            "filter": {"type": "string", "description": "a JSON object"},
+            "with_original": {"type": "boolean", "default": False},
+        },
+    },
+)
+
+
+async def read_query(
+    request: Request, settings: Settings
+) -> tuple[SearchOptions, ApiInput | None, Sequence[float] | None]:
+    """Options, input and vector of a search, from JSON or a multipart form."""
+    kind = media_type(request)
+    if is_form(kind):
+        limit = part_limit(settings.max_text_chars, settings.max_metadata_bytes)
+        async with read_form(request, limit) as form:
+            inputs, fields = await form_inputs(form)
+        values: dict[str, Any] = {key: found[-1] for key, found in fields.items()}
+        if "filter" in values:
+            values["filter"] = parse_json_field(values["filter"], ("filter",))
+        if len(inputs) != 1:
+            raise schema_error(
+                ("file",), f"give exactly one `file` or `text` part to search by, not {len(inputs)}"
+            )
+        return parse_model(SearchOptions, values), inputs[0], None
+    if is_json(kind):
+        body = parse_model(SearchRequest, await request.body())
+        return body, body.input, body.vector
+    raise unsupported(
+        "POST /search", f"{JSON_TYPE} or multipart/form-data (a `file` or `text` part)", kind
+    )
+
+
+@router.post(
+    "/search",
+    summary="Nearest items of a collection, best first",
+    response_model=SearchResponse,
+    response_class=OrjsonResponse,
+    openapi_extra=SEARCH_BODY,
+    responses={
+        400: {"description": "undecodable input, or an invalid collection name or filter"},
+        404: {"description": "no such collection"},
+        409: {"description": "a vector of the wrong dimension"},
+        422: {"description": "not the schema, or k outside 1..CPC_MAX_K"},
+    },
+)
+async def search(
+    request: Request, collections: CollectionsDep, registry: RegistryDep, settings: SettingsDep
+) -> OrjsonResponse:
+    options, value, vector = await read_query(request, settings)
+    if not 1 <= options.k <= settings.max_k:
+        given = str(options.k) if abs(options.k) < 10**12 else "a number that large"
+        raise schema_error(("k",), f"k must be from 1 to {settings.max_k} (CPC_MAX_K), not {given}")
+    where = validate_filter(options.filter)
+    coll = get_collection(collections, options.collection)
+    query = await query_vector(coll, registry, settings, input=value, vector=vector)
+    hits = await asyncio.to_thread(coll.search, query, options.k, where)
+    results = [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
+    if options.with_original:
+        kept = await asyncio.to_thread(coll.original_types, [h.id for h in hits])
+        for hit, result in zip(hits, results, strict=True):
+            result["original"] = kept.get(hit.id)
+    return OrjsonResponse({"collection": coll.name, "results": results})

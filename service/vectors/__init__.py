@@ -1,0 +1,1 @@
+"""The vector store: collections of items (SQLite) with their FAISS indexes."""

@@ -1,0 +1,626 @@
+"""Collections: a durable `ItemStore` plus the FAISS index derived from it.
+
+Concurrency (per collection): writers are serialised by a mutex, and a
+writer-preferring readers-writer lock keeps searches away from a half-applied
+write. A write takes the mutex, then the lock exclusively for the store
+transaction plus the index mutation (milliseconds); searches share the lock,
+so any number run at once and each sees the state before or after a whole
+batch, never part of it. Slow upkeep (IVF training, snapshots) runs holding
+only the mutex: it reads the live index, which searches may share, and a
+retrained index is swapped in under the exclusive lock.
+
+Durability: a write returns after SQLite has fsynced it (see `service.vectors.store`).
+The index is only a cache of the store: on open, a snapshot is loaded and
+then reconciled with the store by seq (seqs are never reused and name an
+immutable vector, so the index holds exactly the store's seqs afterwards: an
+entry with no row is removed, a row with no entry is added); a snapshot that
+is unreadable or of another kind is ignored and the index rebuilt.
+
+A collection's pooling (`mean`, `last` or `stats`, fixed at creation and
+kept in its store, see `service.vectors.store`) is how inputs embedded for it pool
+their steps; its dim follows from it and the model's width.
+
+Layout: `<data_dir>/collections/<name>/{items.sqlite3, index.faiss}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import unicodedata
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import Conflict, InvalidInput, NotFound, TooLarge
+from service.inference.pooling import VECTOR_POOLINGS, VectorPooling, pooled_dim
+from service.vectors.index import (
+    INDEX_KINDS,
+    SnapshotError,
+    VectorIndex,
+    fsync_dir,
+    load_index,
+    make_index,
+)
+from service.vectors.store import CollectionInfo, Item, ItemStore, Original, dump_metadata
+
+logger = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+STORE_FILE = "items.sqlite3"
+INDEX_FILE = "index.faiss"
+MAX_ID_CHARS = 256
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def validate_collection_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidInput(
+            f"invalid collection name {name!r}: use 1 to 64 lowercase letters, digits, "
+            "'_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def validate_item_id(item_id: object) -> str:
+    if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ID_CHARS:
+        raise InvalidInput(f"an item id must be a string of 1 to {MAX_ID_CHARS} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in item_id):
+        raise InvalidInput(f"item id {item_id!r} contains a control character or lone surrogate")
+    return item_id
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_integers(value: object, what: str) -> None:
+    """InvalidInput if `value` (JSON, any depth) holds an integer outside the 64-bit range,
+    which JSON readers (and this service's own encoder) cannot round-trip."""
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, int) and not isinstance(current, bool):
+            if not INT64_MIN <= current <= INT64_MAX:
+                raise InvalidInput(
+                    f"{what} holds an integer outside the 64-bit range (-2**63 to 2**63-1); "
+                    "send it as a string or a float"
+                )
+        elif isinstance(current, Mapping):
+            stack.extend(current.values())
+        elif isinstance(current, list | tuple):
+            stack.extend(current)
+
+
+def validate_metadata(metadata: object, max_bytes: int) -> dict[str, Any]:
+    """The metadata as a dict (None gives {}); it must be a JSON object of at most `max_bytes`."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidInput(f"metadata must be a JSON object, not {type(metadata).__name__}")
+    if not all(isinstance(key, str) for key in metadata):
+        raise InvalidInput("metadata keys must be strings")
+    out = dict(metadata)
+    check_integers(out, "metadata")
+    size = len(dump_metadata(out).encode())
+    if size > max_bytes:
+        raise TooLarge(f"metadata is {size} bytes as JSON; the limit is {max_bytes}")
+    return out
+
+
+def validate_filter(where: object) -> dict[str, Any] | None:
+    """A filter as a dict, or None for no filter (an empty object filters nothing out)."""
+    if where is None:
+        return None
+    if not isinstance(where, Mapping) or not all(isinstance(key, str) for key in where):
+        raise InvalidInput("filter must be a JSON object of metadata keys and values")
+    out = dict(where)
+    try:
+        json.dumps(out, allow_nan=False)  # no JSON value equals NaN or infinity
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"filter holds a value that is not valid JSON ({exc})") from None
+    check_integers(out, "filter")
+    return out or None
+
+
+def prepare_vector(vector: object, dim: int, collection: str) -> np.ndarray:
+    """A finite, non-zero vector of `dim` numbers, L2-normalised, as float32."""
+    if isinstance(vector, np.ndarray):
+        if vector.dtype.kind not in "fiu":
+            raise InvalidInput(f"vector must hold numbers, not {vector.dtype}")
+    elif not isinstance(vector, Sequence) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in vector
+    ):
+        raise InvalidInput("vector must be a list of numbers")
+    arr = np.asarray(vector, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise InvalidInput("vector must be a non-empty flat list of numbers")
+    if arr.size != dim:
+        raise Conflict(f"vector has {arr.size} values, collection '{collection}' has dim {dim}")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInput("vector holds NaN or infinite values")
+    scale = np.max(np.abs(arr))
+    if scale == 0:
+        raise InvalidInput("vector is all zeros, so it has no direction to compare")
+    arr = arr / scale
+    return (arr / np.linalg.norm(arr)).astype(np.float32)
+
+
+# --- locking ---------------------------------------------------------------------------------
+
+
+class RWLock:
+    """Many readers or one writer; a waiting writer holds off new readers. Not reentrant."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writing or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+# --- one collection --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    score: float
+    metadata: dict[str, Any]
+
+
+def build_index(store: ItemStore, index_params: Mapping[str, Any]) -> VectorIndex:
+    """A fresh index over every vector in the store."""
+    index: VectorIndex = make_index(store.info.index, store.info.dim, **index_params)
+    for seqs, vectors in store.iter_all():
+        index.add(seqs, vectors)
+    return index.rebuilt() if index.maintenance_due() else index
+
+
+def _load_index(
+    store: ItemStore, path: Path, index_params: Mapping[str, Any]
+) -> tuple[VectorIndex, bool]:
+    """The snapshot at `path` reconciled with the store (or a rebuild when it is unusable),
+    and whether it differs from the snapshot."""
+    name = store.info.name
+    try:
+        index, version = load_index(path, store.info.index, store.info.dim, **index_params)
+    except SnapshotError as exc:
+        if path.exists():
+            logger.warning("collection '%s': ignoring index snapshot (%s); rebuilding", name, exc)
+        return build_index(store, index_params), store.count() > 0
+    store_seqs, index_seqs = store.all_seqs(), index.seqs()
+    extra = np.setdiff1d(index_seqs, store_seqs)
+    missing = np.setdiff1d(store_seqs, index_seqs)
+    if len(np.unique(index_seqs)) != len(index_seqs):
+        logger.warning("collection '%s': snapshot repeats seqs; rebuilding", name)
+        return build_index(store, index_params), True
+    index.remove(extra)
+    for start in range(0, len(missing), 4096):
+        index.add(*store.vectors_for(missing[start : start + 4096]))
+    logger.info(
+        "collection '%s': snapshot of version %d, store at %d: removed %d, added %d",
+        name,
+        version,
+        store.version(),
+        len(extra),
+        len(missing),
+    )
+    changed = bool(len(extra) or len(missing))
+    if index.maintenance_due():
+        return index.rebuilt(), True
+    return index, changed
+
+
+class Collection:
+    """Items `(id, vector, metadata)` of one model, searchable by cosine similarity."""
+
+    def __init__(
+        self,
+        folder: Path,
+        store: ItemStore,
+        index: VectorIndex,
+        *,
+        index_params: Mapping[str, Any] | None = None,
+        max_metadata_bytes: int = 65536,
+        snapshot_every: int = 5000,
+    ) -> None:
+        self.folder = folder
+        self.store = store
+        self.info = store.info
+        self.max_metadata_bytes = max_metadata_bytes
+        self.snapshot_every = snapshot_every
+        self.index_params = dict(index_params or {})
+        self._index = index
+        self._writer = threading.Lock()  # serialises writers and upkeep
+        self._rw = RWLock()  # searches shared, index + store mutation exclusive
+        self._unsaved = 0  # item writes since the last snapshot
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        folder: Path,
+        index_params: Mapping[str, Mapping[str, Any]] | None = None,
+        **options: Any,
+    ) -> Collection:
+        """Open the collection in `folder`; `index_params` maps an index kind to its options."""
+        for stale in folder.glob(f".{INDEX_FILE}.*.tmp"):  # a snapshot cut short by a crash
+            stale.unlink(missing_ok=True)
+        store = ItemStore.open(folder / STORE_FILE)
+        try:
+            params = (index_params or {}).get(store.info.index, {})
+            index, changed = _load_index(store, folder / INDEX_FILE, params)
+        except BaseException:
+            store.close()
+            raise
+        out = cls(folder, store, index, index_params=params, **options)
+        out._unsaved = int(changed)
+        return out
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotFound(f"collection '{self.name}' was deleted or closed")
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def describe(self) -> dict[str, Any]:
+        self._check_open()
+        info = self.info
+        return {
+            "name": info.name,
+            "model": info.model,
+            "dim": info.dim,
+            "pooling": info.pooling,
+            "count": self.count(),
+            "index": info.index,
+        }
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        items: Sequence[tuple[str, Any, Mapping[str, Any] | None]],
+        originals: Sequence[Original | None] | None = None,
+    ) -> list[str]:
+        """Insert or replace `(id, vector, metadata)` items, all or none; return the ids.
+
+        `originals` gives each item (in order) the original to keep, or None; an item
+        written without one loses the one it had (see `service.vectors.store`).
+        """
+        if not items:
+            raise InvalidInput("no items to upsert")
+        prepared = [
+            (
+                validate_item_id(item_id),
+                prepare_vector(vector, self.dim, self.name),
+                validate_metadata(metadata, self.max_metadata_bytes),
+            )
+            for item_id, vector, metadata in items
+        ]
+        with self._writer:
+            self._check_open()
+            with self._rw.write():
+                written = self.store.upsert(prepared, originals)
+                replaced = {old for _, _, old in written if old is not None}
+                keep = [i for i, (_, seq, _) in enumerate(written) if seq not in replaced]
+                seqs = np.array([written[i][1] for i in keep], dtype=np.int64)
+                vectors = np.stack([prepared[i][1] for i in keep])
+                self._apply(lambda: self._mutate(np.array(sorted(replaced)), seqs, vectors))
+            self._after_write(len(written))
+        return [item_id for item_id, _, _ in written]
+
+    def delete(self, item_id: str) -> None:
+        """Delete one item; NotFound if it is absent."""
+        with self._writer:
+            self._check_open()
+            with self._rw.write():
+                seq = self.store.delete(item_id)
+                self._apply(lambda: self._index.remove(np.array([seq], dtype=np.int64)))
+            self._after_write(1)
+
+    def _mutate(self, remove: np.ndarray, seqs: np.ndarray, vectors: np.ndarray) -> None:
+        self._index.remove(remove)
+        self._index.add(seqs, vectors)
+
+    def _apply(self, change: Any) -> None:
+        """Run an index change; if it fails, rebuild the index from the (committed) store."""
+        try:
+            change()
+        except Exception:
+            logger.exception("collection '%s': index update failed; rebuilding", self.name)
+            self._index = build_index(self.store, self.index_params)
+
+    def _after_write(self, items: int) -> None:
+        """Upkeep after a write; the caller holds the writer mutex (not the RW lock)."""
+        if self._index.maintenance_due():
+            rebuilt = self._index.rebuilt()  # slow; searches go on using the old index
+            with self._rw.write():
+                self._index = rebuilt
+        self._unsaved += items
+        if self._unsaved >= self.snapshot_every:
+            self._save()
+
+    def _save(self) -> None:
+        self._index.save(self.folder / INDEX_FILE, self.store.version())
+        self._unsaved = 0
+
+    def snapshot(self) -> None:
+        """Write the index snapshot now if anything changed since the last one."""
+        with self._writer:
+            if not self._closed and self._unsaved:
+                self._save()
+
+    def close(self, snapshot: bool = True) -> None:
+        """Wait for running work, save a snapshot (if asked and needed) and close the store."""
+        with self._writer, self._rw.write():
+            if self._closed:
+                return
+            try:
+                if snapshot and self._unsaved:
+                    self._save()
+            finally:
+                self._closed = True
+                self.store.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, item_id: str) -> Item:
+        self._check_open()
+        item = self.store.get(item_id)
+        if item is None:
+            raise NotFound(f"no item '{item_id}' in collection '{self.name}'")
+        return item
+
+    def get_original(self, item_id: str) -> Original:
+        """The original kept with an item; NotFound if the item or its original is absent."""
+        self._check_open()
+        original = self.store.get_original(item_id)
+        if original is None:
+            self.get(item_id)  # NotFound naming the item when it is the item that is missing
+            raise NotFound(
+                f"item '{item_id}' of collection '{self.name}' has no original: it was given "
+                "as a vector, or sent with keep_originals false, or CPC_MAX_ORIGINAL_BYTES was 0"
+            )
+        return original
+
+    def original_types(self, ids: Sequence[str]) -> dict[str, str]:
+        """The media type of the original of each of `ids` that has one."""
+        self._check_open()
+        return self.store.original_types(ids)
+
+    def sample(self, limit: int) -> tuple[int, list[Item]]:
+        """The item count and at most `limit` items with their vectors, spread evenly over
+        the collection in the order they were written (the same items for the same state)."""
+        if limit < 1:
+            raise InvalidInput("limit must be a positive whole number")
+        with self._rw.read():
+            self._check_open()
+            seqs = self.store.all_seqs()
+            count = len(seqs)  # every item: writers are held off until the sample is read
+            if count > limit:
+                seqs = seqs[np.linspace(0, count - 1, num=limit).round().astype(np.int64)]
+            return count, self.store.get_by_seqs(seqs, vectors=True)
+
+    def search(self, vector: object, k: int = 10, filter: object = None) -> list[SearchHit]:
+        """The `k` items most similar to `vector` (cosine), best first, matching `filter`."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidInput("k must be a positive whole number")
+        query = prepare_vector(vector, self.dim, self.name)
+        where = validate_filter(filter)
+        with self._rw.read():
+            self._check_open()
+            allowed = self.store.filter_seqs(where) if where else None
+            scores, seqs = self._index.search(query, k, allowed)
+            items = {item.seq: item for item in self.store.get_by_seqs(seqs)}
+        return [
+            SearchHit(items[s].id, float(np.clip(score, -1.0, 1.0)), items[s].metadata)
+            for s, score in zip(seqs.tolist(), scores.tolist(), strict=True)
+            if s in items
+        ]
+
+
+# --- all collections -------------------------------------------------------------------------
+
+
+class CollectionManager:
+    """Every collection under `<data_dir>/collections`. Thread-safe."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        max_metadata_bytes: int = 65536,
+        snapshot_every: int = 5000,
+        index_params: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.root = Path(data_dir) / "collections"
+        self.max_metadata_bytes = max_metadata_bytes
+        self.snapshot_every = snapshot_every
+        self.index_params = dict(index_params or {})
+        self._lock = threading.RLock()
+        self._collections: dict[str, Collection] = {}
+
+    def _open(self, folder: Path) -> Collection:
+        return Collection.open(
+            folder,
+            self.index_params,
+            max_metadata_bytes=self.max_metadata_bytes,
+            snapshot_every=self.snapshot_every,
+        )
+
+    def open_all(self) -> None:
+        """Open every collection on disk; leftovers of interrupted creates/deletes are removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            for folder in sorted(self.root.iterdir()):
+                if folder.is_dir() and folder.name.startswith((".new-", ".deleted-")):
+                    logger.info("removing leftover %s", folder)
+                    shutil.rmtree(folder, ignore_errors=True)
+                elif folder.name in self._collections:
+                    continue
+                elif NAME_RE.fullmatch(folder.name) and (folder / STORE_FILE).is_file():
+                    coll = self._open(folder)
+                    self._collections[folder.name] = coll
+                    logger.info("opened collection '%s' (%d items)", folder.name, coll.count())
+                else:
+                    logger.warning("ignoring %s: not a collection folder", folder)
+
+    def create(
+        self,
+        name: str,
+        model: str,
+        dim: int,
+        index: str = "flat",
+        pooling: VectorPooling = "mean",
+    ) -> Collection:
+        """A new empty collection of `dim`-value vectors pooled with `pooling`; Conflict if
+        the name is taken."""
+        validate_collection_name(name)
+        if index not in INDEX_KINDS:
+            raise InvalidInput(f"unknown index '{index}'; choose one of {', '.join(INDEX_KINDS)}")
+        if pooling not in VECTOR_POOLINGS:
+            raise InvalidInput(
+                f"unknown pooling {pooling!r} for a collection; choose one of "
+                f"{', '.join(VECTOR_POOLINGS)}"
+            )
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise InvalidInput(f"dim must be a positive whole number, not {dim!r}")
+        if not isinstance(model, str) or not model:
+            raise InvalidInput("a collection needs the name of its model")
+        with self._lock:
+            final = self.root / name
+            if name in self._collections or final.exists():
+                raise Conflict(f"collection '{name}' already exists")
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.root / f".new-{name}-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            try:
+                info = CollectionInfo(name, model, dim, index, pooling)
+                ItemStore.create(tmp / STORE_FILE, info).close()
+                fsync_dir(tmp)
+                os.rename(tmp, final)
+                fsync_dir(self.root)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            coll = self._open(final)
+            self._collections[name] = coll
+            logger.info(
+                "created collection '%s' (model %s, %s pooling, dim %d, %s)",
+                name,
+                model,
+                pooling,
+                dim,
+                index,
+            )
+            return coll
+
+    def get(self, name: str) -> Collection:
+        with self._lock:
+            coll = self._collections.get(name)
+        if coll is None:
+            raise NotFound(f"no collection named '{name}'")
+        return coll
+
+    def delete(self, name: str) -> None:
+        """Close the collection and remove its folder; NotFound if there is none."""
+        with self._lock:
+            coll = self._collections.pop(name, None)
+        if coll is None:
+            raise NotFound(f"no collection named '{name}'")
+        coll.close(snapshot=False)  # waits for its running writes and searches
+        with self._lock:
+            doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
+            os.rename(coll.folder, doomed)
+            fsync_dir(self.root)
+        shutil.rmtree(doomed, ignore_errors=True)
+        logger.info("deleted collection '%s'", name)
+
+    def list(self) -> list[Collection]:
+        with self._lock:
+            return [self._collections[name] for name in sorted(self._collections)]
+
+    def ensure(self, name: str, model: str, width: int) -> Collection:
+        """The collection `name` of `model` (context layer `width` values wide), created
+        (flat, mean pooled) if absent; Conflict if it holds other vectors."""
+        with self._lock:
+            coll = self._collections.get(name)
+            if coll is None:
+                return self.create(name, model, width)
+        dim = pooled_dim(width, coll.info.pooling)
+        if coll.info.model != model or coll.dim != dim:
+            raise Conflict(
+                f"collection '{name}' holds model '{coll.info.model}' vectors of dim {coll.dim}, "
+                f"but model '{model}' gives dim {dim} ({coll.info.pooling} pooling); delete the "
+                "collection or rename the model"
+            )
+        return coll
+
+    def snapshot_all(self) -> None:
+        """Save the index snapshot of every collection that changed since its last one."""
+        for coll in self.list():
+            try:
+                coll.snapshot()
+            except Exception:
+                logger.exception("snapshot of collection '%s' failed", coll.name)
+
+    def close_all(self) -> None:
+        """Snapshot and close every collection (on shutdown)."""
+        with self._lock:
+            collections = list(self._collections.values())
+            self._collections.clear()
+        for coll in collections:
+            try:
+                coll.close()
+            except Exception:
+                logger.exception("closing collection '%s' failed", coll.name)

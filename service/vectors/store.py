@@ -1,0 +1,520 @@
+"""The durable store of record of one collection: an SQLite file in WAL mode.
+
+Every item is a row `(id, seq, vector, metadata, version, updated_at)`. `seq`
+is the int64 id the FAISS index knows the item by; it comes from a counter
+kept in the `meta` table that only grows, and every write of an item (a new
+one or a replacement) takes a fresh `seq`. A `seq` therefore names one
+immutable vector for ever, which is what lets the index be checked against
+the store by comparing sets of seqs (see `service.vectors.collection`).
+
+Durability: the database runs with `journal_mode=WAL` and `synchronous=FULL`,
+so a write method returns only after its transaction is fsynced; a crash the
+moment after loses nothing. Each write method is one transaction: all of a
+batch lands or none of it does.
+
+Originals: an item may keep a small rendition of what it was made from (an
+image thumbnail, the start of a clip, the text; see `service.vectors.originals`) in
+the `originals` table, keyed by item id. It is written, replaced and deleted
+in the same transaction as its item: an upsert without one drops the old one,
+so an original always shows what the current vector was made from. Store
+files made before the table existed get it (empty) when they are opened.
+
+Pooling: the `meta` table's `pooling` row says how the collection's model
+vectors pool the steps of an input (`mean`, `last` or `stats`; see
+`service.inference.pooling`). A store file without it (made before the row existed) is
+mean pooled. A store that is not mean pooled is written as format 2, so that
+a service from before pooling rows, which embeds every input with mean
+pooling, refuses to open it rather than mixing vectors; mean pooled stores
+stay format 1.
+
+Filters (`filter_seqs`) are metadata equality on top-level keys, with JSON
+semantics: a boolean is never equal to a number (`true` != `1`), numbers
+compare by value (`1` == `1.0`), strings compare exactly, `null` matches only
+a key that is present with the value null, and arrays and objects match by
+deep equality under the same rules. An empty filter matches every item.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidInput, NotFound
+from service.inference.pooling import VECTOR_POOLINGS, VectorPooling
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = 2  # the newest format this service reads (see "Pooling" above)
+_INT64_MAX = 2**63 - 1
+_CHUNK = 500  # seqs per `IN (...)` query, well under SQLite's variable limit
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 256),
+    seq INTEGER NOT NULL UNIQUE,
+    vector BLOB NOT NULL,
+    metadata TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS originals (
+    id TEXT PRIMARY KEY,
+    media_type TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+_ORIGINALS_SCHEMA = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS originals") :]
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What a collection is: kept in the store's `meta` table."""
+
+    name: str
+    model: str
+    dim: int
+    index: str
+    pooling: VectorPooling = "mean"
+    created_at: str = ""
+    format: int = STORE_FORMAT
+
+
+@dataclass(frozen=True)
+class Item:
+    """One stored item; `vector` is None when it was not asked for."""
+
+    id: str
+    seq: int
+    vector: np.ndarray | None
+    metadata: dict[str, Any]
+    version: int
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Original:
+    """What an item was made from, small enough to show: `data` of `media_type`."""
+
+    media_type: str
+    data: bytes
+
+
+def dump_metadata(metadata: Mapping[str, Any]) -> str:
+    """Canonical JSON text of a metadata object (sorted keys, no NaN or infinity)."""
+    try:
+        return json.dumps(
+            metadata, ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metadata is not representable as JSON: {exc}") from exc
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of two decoded JSON values with the semantics in the module docstring."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[key], b[key]) for key in a)
+    if a is None or b is None:
+        return a is None and b is None
+    return type(a) is type(b) and a == b
+
+
+def _matches(metadata: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    return all(key in metadata and json_equal(metadata[key], v) for key, v in where.items())
+
+
+def _sql_condition(key: str, value: Any) -> tuple[str, list[Any]] | None:
+    """SQL for `metadata[key] == value`, or None when it must be checked in Python."""
+    if '"' in key or "\\" in key or any(ord(ch) < 0x20 for ch in key):
+        return None  # not expressible as a quoted SQLite JSON path label
+    path = f'$."{key}"'
+    if isinstance(value, bool):
+        return "json_type(metadata, ?) = ?", [path, "true" if value else "false"]
+    if value is None:
+        return "json_type(metadata, ?) = 'null'", [path]
+    if isinstance(value, str):
+        return "(json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) = ?)", [
+            path,
+            path,
+            value,
+        ]
+    if isinstance(value, int | float):
+        number = float(value) if isinstance(value, int) and abs(value) > _INT64_MAX else value
+        return (
+            "(json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?)",
+            [
+                path,
+                path,
+                number,
+            ],
+        )
+    return None
+
+
+def _vector_pooling(value: str) -> VectorPooling:
+    """`value` as a collection's pooling; ValueError if it is not one."""
+    for pooling in VECTOR_POOLINGS:
+        if value == pooling:
+            return pooling
+    raise ValueError(f"unknown pooling {value!r}; a collection's is one of {VECTOR_POOLINGS}")
+
+
+def _select_in(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterator[Any]:
+    """The rows of `sql`, whose `{marks}` is an `IN` list, over `values` in chunks of _CHUNK."""
+    for start in range(0, len(values), _CHUNK):
+        chunk = list(values[start : start + _CHUNK])
+        yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
+
+
+class ItemStore:
+    """The SQLite store of one collection. Thread-safe: one connection behind a lock."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._closed = False
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        pooling = meta.get("pooling", "mean")  # no row: a store from before pooling rows
+        try:
+            self.info = CollectionInfo(
+                name=meta["name"],
+                model=meta["model"],
+                dim=int(meta["dim"]),
+                index=meta["index"],
+                pooling=_vector_pooling(pooling),
+                created_at=meta["created_at"],
+                format=int(meta["format"]),
+            )
+        except KeyError as exc:
+            conn.close()
+            raise ValueError(
+                f"{path} is not a collection store: no {exc} in its meta table"
+            ) from exc
+        except ValueError as exc:
+            conn.close()
+            raise ValueError(f"{path}: {exc}") from exc
+        if self.info.format > STORE_FORMAT:
+            conn.close()
+            raise ValueError(f"{path} has store format {self.info.format}, newer than this service")
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise RuntimeError(f"SQLite refused WAL mode for {path} (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @classmethod
+    def create(cls, path: Path, info: CollectionInfo) -> ItemStore:
+        """Create a new store file at `path` (which must not exist) describing `info`."""
+        if path.exists():
+            raise FileExistsError(path)
+        pooling = _vector_pooling(info.pooling)
+        conn = cls._connect(path)
+        created = info.created_at or datetime.now(UTC).isoformat(timespec="seconds")
+        rows = {
+            "name": info.name,
+            "model": info.model,
+            "dim": str(info.dim),
+            "index": info.index,
+            "pooling": pooling,
+            "created_at": created,
+            "format": str(1 if pooling == "mean" else STORE_FORMAT),
+            "next_seq": "1",
+            "version": "0",
+        }
+        conn.executescript(_SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.items())
+        conn.execute("COMMIT")
+        return cls(path, conn)
+
+    @classmethod
+    def open(cls, path: Path) -> ItemStore:
+        """Open an existing store file."""
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        conn = cls._connect(path)
+        try:
+            conn.executescript(_ORIGINALS_SCHEMA)  # a store file from before originals
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return cls(path, conn)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._closed:
+            raise NotFound(f"collection '{self.info.name}' is closed")
+        return self._conn
+
+    def _meta_int(self, key: str) -> int:
+        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0])
+
+    def _vector_blob(self, vector: np.ndarray) -> bytes:
+        vec = np.asarray(vector, dtype="<f4")
+        if vec.shape != (self.info.dim,):
+            raise InvalidInput(
+                f"vector has shape {vec.shape}, collection '{self.info.name}' "
+                f"stores vectors of dim {self.info.dim}"
+            )
+        return vec.tobytes()
+
+    def _decode(self, row: Sequence[Any], with_vector: bool) -> Item:
+        item_id, seq, metadata, version, updated_at = row[:5]
+        vector = np.frombuffer(row[5], dtype="<f4").astype(np.float32) if with_vector else None
+        return Item(item_id, seq, vector, json.loads(metadata), version, updated_at)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        items: Sequence[tuple[str, np.ndarray, Mapping[str, Any]]],
+        originals: Sequence[Original | None] | None = None,
+    ) -> list[tuple[str, int, int | None]]:
+        """Insert or replace items in one transaction; return `(id, new seq, old seq or None)`.
+
+        An id given twice in one batch is written twice: the second write replaces the
+        first, so the first one's new seq shows up as the second one's old seq.
+        `originals` (one per item, in order, None for none) replaces each item's original;
+        without it every written item is left with none.
+        """
+        if originals is not None and len(originals) != len(items):
+            raise ValueError(f"{len(originals)} originals for {len(items)} items")
+        kept = list(originals) if originals is not None else [None] * len(items)
+        prepared = [(item_id, self._vector_blob(v), dump_metadata(m)) for item_id, v, m in items]
+        now = time.time()
+        out: list[tuple[str, int, int | None]] = []
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                next_seq = self._meta_int("next_seq")
+                version = self._meta_int("version") + 1
+                for (item_id, blob, metadata), original in zip(prepared, kept, strict=True):
+                    row = db.execute("SELECT seq FROM items WHERE id = ?", (item_id,)).fetchone()
+                    db.execute(
+                        "INSERT INTO items (id, seq, vector, metadata, version, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                        "seq = excluded.seq, vector = excluded.vector, "
+                        "metadata = excluded.metadata, version = excluded.version, "
+                        "updated_at = excluded.updated_at",
+                        (item_id, next_seq, blob, metadata, version, now),
+                    )
+                    self._write_original(item_id, original)
+                    out.append((item_id, next_seq, None if row is None else int(row[0])))
+                    next_seq += 1
+                self._set_counters(next_seq, version)
+                db.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                db.execute("ROLLBACK")
+                raise InvalidInput(
+                    f"the batch was rejected and nothing was written: {exc}"
+                ) from exc
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return out
+
+    def _write_original(self, item_id: str, original: Original | None) -> None:
+        """Replace the original of `item_id` (inside the caller's transaction)."""
+        db = self._db()
+        db.execute("DELETE FROM originals WHERE id = ?", (item_id,))
+        if original is not None:
+            db.execute(
+                "INSERT INTO originals (id, media_type, data) VALUES (?, ?, ?)",
+                (item_id, original.media_type, original.data),
+            )
+
+    def _set_counters(self, next_seq: int, version: int) -> None:
+        self._db().executemany(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            [(str(next_seq), "next_seq"), (str(version), "version")],
+        )
+
+    def delete(self, item_id: str) -> int:
+        """Delete one item and return the seq it had; NotFound if there is none."""
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(
+                    "DELETE FROM items WHERE id = ? RETURNING seq", (item_id,)
+                ).fetchall()
+                if not rows:
+                    db.execute("ROLLBACK")
+                    raise NotFound(f"no item '{item_id}' in collection '{self.info.name}'")
+                db.execute("DELETE FROM originals WHERE id = ?", (item_id,))
+                self._set_counters(self._meta_int("next_seq"), self._meta_int("version") + 1)
+                db.execute("COMMIT")
+            except NotFound:
+                raise
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return int(rows[0][0])
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def version(self) -> int:
+        """How many write transactions have been committed: grows with every write."""
+        with self._lock:
+            return self._meta_int("version")
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db().execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def get(self, item_id: str) -> Item | None:
+        """The item with this id, vector included, or None."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT id, seq, metadata, version, updated_at, vector FROM items WHERE id = ?",
+                    (item_id,),
+                )
+                .fetchone()
+            )
+        return None if row is None else self._decode(row, with_vector=True)
+
+    def get_original(self, item_id: str) -> Original | None:
+        """The original kept with `item_id`, or None (no such item, or none kept)."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT media_type, data FROM originals WHERE id = ?", (item_id,))
+                .fetchone()
+            )
+        return None if row is None else Original(str(row[0]), bytes(row[1]))
+
+    def original_types(self, ids: Sequence[str]) -> dict[str, str]:
+        """The media type of the original of each of `ids` that has one."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, str] = {}
+        with self._lock:
+            sql = "SELECT id, media_type FROM originals WHERE id IN ({marks})"
+            found.update((str(i), str(t)) for i, t in _select_in(self._db(), sql, wanted))
+        return found
+
+    def get_by_seqs(self, seqs: Sequence[int] | np.ndarray, *, vectors: bool = False) -> list[Item]:
+        """Items by seq, in the order given; seqs with no row are left out."""
+        wanted = [int(s) for s in seqs]
+        found: dict[int, Item] = {}
+        columns = "id, seq, metadata, version, updated_at" + (", vector" if vectors else "")
+        with self._lock:
+            sql = f"SELECT {columns} FROM items WHERE seq IN ({{marks}})"
+            for row in _select_in(self._db(), sql, wanted):
+                found[int(row[1])] = self._decode(row, with_vector=vectors)
+        return [found[s] for s in wanted if s in found]
+
+    def all_seqs(self) -> np.ndarray:
+        """Every stored seq, ascending, as int64."""
+        with self._lock:
+            rows = self._db().execute("SELECT seq FROM items ORDER BY seq").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def iter_all(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every `(seqs int64[n], vectors float32[n, dim])`, in seq order, `batch` rows at a time.
+
+        Each chunk is read under the lock; a writer may run between chunks, so callers
+        that need one consistent pass must keep writes out themselves.
+        """
+        yield from self._iter_vectors("SELECT seq, vector FROM items WHERE seq > ?", [], batch)
+
+    def vectors_for(self, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(seqs, vectors)` of the given seqs that exist, in seq order."""
+        found_seqs: list[np.ndarray] = []
+        found_vecs: list[np.ndarray] = []
+        ordered = np.unique(np.asarray(seqs, dtype=np.int64))
+        for start in range(0, len(ordered), _CHUNK):
+            chunk = [int(s) for s in ordered[start : start + _CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT seq, vector FROM items WHERE seq IN ({marks}) AND seq > ?"
+            for s, v in self._iter_vectors(sql, chunk, len(chunk)):
+                found_seqs.append(s)
+                found_vecs.append(v)
+        if not found_seqs:
+            return np.zeros(0, np.int64), np.zeros((0, self.info.dim), np.float32)
+        return np.concatenate(found_seqs), np.concatenate(found_vecs)
+
+    def _iter_vectors(
+        self, sql: str, params: list[Any], batch: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        last = 0
+        while True:
+            with self._lock:
+                rows = (
+                    self._db()
+                    .execute(f"{sql} ORDER BY seq LIMIT ?", [*params, last, batch])
+                    .fetchall()
+                )
+            if not rows:
+                return
+            seqs = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            blob = b"".join(r[1] for r in rows)
+            vectors = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(len(rows), -1)
+            yield seqs, vectors
+            last = int(seqs[-1])
+            if len(rows) < batch:
+                return
+
+    def filter_seqs(self, where: Mapping[str, Any]) -> np.ndarray:
+        """Seqs (ascending, int64) of the items whose metadata matches `where`.
+
+        Scalar values are matched in SQL with `json_type`/`json_extract` (so `true` and
+        `1` stay apart); arrays, objects and keys SQLite cannot quote are checked in
+        Python on what SQL already narrowed down.
+        """
+        for key, value in where.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidInput(f"filter value for '{key}' is not a finite number")
+        clauses: list[str] = []
+        params: list[Any] = []
+        in_python: dict[str, Any] = {}
+        for key, value in where.items():
+            cond = _sql_condition(key, value)
+            if cond is None:
+                in_python[key] = value
+            else:
+                clauses.append(cond[0])
+                params.extend(cond[1])
+        sql = "SELECT seq" + (", metadata" if in_python else "") + " FROM items"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        with self._lock:
+            rows = self._db().execute(sql + " ORDER BY seq", params).fetchall()
+        if in_python:
+            rows = [r for r in rows if _matches(json.loads(r[1]), in_python)]
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))

@@ -1,0 +1,1 @@
+"""Linear-probe evaluation of a run or a bundle against random weights and hand-made baselines."""
