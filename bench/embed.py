@@ -266,7 +266,7 @@ def precision(
     torch_mod: Any = importlib.import_module("torch") if torch_model is not None else None
 
     def onnx_call(encoder: OnnxEncoder, x: np.ndarray) -> np.ndarray:
-        return np.asarray(encoder.session.run([onnx.context_output], {onnx.input: x})[0])
+        return np.asarray(encoder.runner.session.run([onnx.context_output], {onnx.input: x})[0])
 
     def torch_call(x: np.ndarray) -> np.ndarray:
         with torch_mod.inference_mode():

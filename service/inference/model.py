@@ -1,12 +1,10 @@
-"""One model bundle served with onnxruntime: prepare inputs, run batches, slice results.
+"""One model bundle loaded for inference: prepare inputs, run batches, warm up, describe.
 
 `OnnxEncoder.prepare` turns one raw input (file bytes, or a string for text)
 into the model's input array with the shared preprocessing, enforcing the
-length and size limits; `run` collates several prepared inputs with right
-padding (zeros for audio, `pad_id` for text; images all have one shape),
-makes one onnxruntime call and slices each result back to its valid steps.
-Right padding is safe because the encoders never look right and the
-autoregressors are causal (see docs/architecture.md).
+length and size limits; `run` hands prepared inputs to the ONNX runner
+(`service.inference.runner`), which collates them with right padding and cuts
+each result back to its valid steps.
 
 `run` blocks: the batcher calls it in a worker thread, never on the event loop.
 """
@@ -16,10 +14,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from service.bundle import (
     AudioPreprocess,
@@ -28,15 +25,12 @@ from service.bundle import (
     TextPreprocess,
     load_bundle_spec,
 )
-from service.config import Settings
 from service.errors import BundleError, InvalidInput, TooLarge
-from service.preprocess import (
-    TextTokenizer,
-    decode_audio,
-    decode_image,
-    pad_token_batch,
-    preprocess_image,
-)
+from service.inference.runner import OnnxRunner, StepVectors, collate
+from service.preprocess import TextTokenizer, decode_audio, decode_image, preprocess_image
+
+if TYPE_CHECKING:  # the settings need pydantic-settings, which a train-only install lacks
+    from service.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -64,43 +58,26 @@ class Prepared:
 
 
 @dataclass
-class Limits:
-    """Per-input limits from the settings."""
+class InputLimits:
+    """How large one input may be (CPC_MAX_AUDIO_SECONDS, _IMAGE_PIXELS, _TEXT_CHARS)."""
 
     max_audio_seconds: float = 600.0
     max_image_pixels: int = 40_000_000
     max_text_chars: int = 100_000
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
+    def from_settings(cls, settings: Settings) -> InputLimits:
         return cls(settings.max_audio_seconds, settings.max_image_pixels, settings.max_text_chars)
-
-
-def _session(path: Path, intra_op_threads: int, spinning: bool) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    # Memory patterns are planned per input shape; with variable lengths they
-    # only add memory with every new length, so they are off.
-    opts.enable_mem_pattern = False
-    opts.log_severity_level = 3
-    if intra_op_threads > 0:
-        opts.intra_op_num_threads = intra_op_threads
-    # Spinning worker threads keep their cores busy between calls, which starves
-    # the event loop and the decoders on a small machine; off unless asked for.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
 
 
 @dataclass
 class OnnxEncoder:
-    """A loaded bundle: its spec, an onnxruntime session and (text) its tokenizer."""
+    """A loaded bundle: its spec, its ONNX runner and (text) its tokenizer."""
 
     spec: BundleSpec
     folder: Path
-    session: ort.InferenceSession
-    limits: Limits = field(default_factory=Limits)
+    runner: OnnxRunner
+    limits: InputLimits = field(default_factory=InputLimits)
     tokenizer: TextTokenizer | None = None
     model_file: str = "model.onnx"
 
@@ -108,7 +85,7 @@ class OnnxEncoder:
     def load(
         cls,
         folder: str | Path,
-        limits: Limits | None = None,
+        limits: InputLimits | None = None,
         *,
         intra_op_threads: int = 0,
         use_quantized: bool = False,
@@ -120,21 +97,21 @@ class OnnxEncoder:
         model_file = spec.onnx.file
         if use_quantized and spec.onnx.quantized_file:
             model_file = spec.onnx.quantized_file
-        path = folder / model_file
-        session = _session(path, intra_op_threads, spinning)
-        inputs = [i.name for i in session.get_inputs()]
-        outputs = [o.name for o in session.get_outputs()]
-        if spec.onnx.input not in inputs:
-            raise BundleError(f"{path}: has inputs {inputs}, bundle.json names {spec.onnx.input!r}")
-        for name in (spec.onnx.encoder_output, spec.onnx.context_output):
-            if name not in outputs:
-                raise BundleError(f"{path}: has outputs {outputs}, bundle.json names {name!r}")
+        onnx = spec.onnx
+        runner = OnnxRunner.open(
+            folder / model_file,
+            onnx.input,
+            onnx.encoder_output,
+            onnx.context_output,
+            intra_op_threads=intra_op_threads,
+            spinning=spinning,
+        )
         tokenizer = None
         if isinstance(spec.preprocess, TextPreprocess):
             tokenizer = TextTokenizer.from_file(
                 folder / spec.preprocess.tokenizer_file, spec.preprocess
             )
-        return cls(spec, folder, session, limits or Limits(), tokenizer, model_file)
+        return cls(spec, folder, runner, limits or InputLimits(), tokenizer, model_file)
 
     @classmethod
     def from_settings(
@@ -146,7 +123,7 @@ class OnnxEncoder:
         """
         return cls.load(
             folder,
-            Limits.from_settings(settings),
+            InputLimits.from_settings(settings),
             intra_op_threads=settings.intra_op_threads,
             use_quantized=settings.use_quantized if quantized is None else quantized,
             spinning=settings.onnx_spinning,
@@ -209,54 +186,16 @@ class OnnxEncoder:
 
     def collate(self, prepared: list[Prepared]) -> np.ndarray:
         """Stack inputs into one batch, right-padded to the longest."""
-        pre = self.spec.preprocess
-        if isinstance(pre, AudioPreprocess):
-            longest = max(p.array.shape[0] for p in prepared)
-            batch = np.zeros((len(prepared), longest), dtype=np.float32)
-            for i, p in enumerate(prepared):
-                batch[i, : p.array.shape[0]] = p.array
-            return batch
-        if isinstance(pre, ImagePreprocess):
-            return np.stack([p.array for p in prepared]).astype(np.float32, copy=False)
-        return pad_token_batch([p.array for p in prepared], pre.pad_id)
+        return collate([p.array for p in prepared], self.spec.preprocess)
 
-    def run(self, prepared: list[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def run(self, prepared: list[Prepared]) -> list[StepVectors]:
         """One onnxruntime call; per input (z [steps, Z], c [steps, C]) in input order."""
-        if not prepared:
-            return []
-        onnx = self.spec.onnx
-        z, c = self.session.run(
-            [onnx.encoder_output, onnx.context_output], {onnx.input: self.collate(prepared)}
-        )
-        out: list[tuple[np.ndarray, np.ndarray]] = []
-        for i, p in enumerate(prepared):
-            zi = z[i].reshape(-1, z.shape[-1])
-            ci = c[i].reshape(-1, c.shape[-1])
-            if zi.shape[0] < p.steps or ci.shape[0] < p.steps:
-                raise RuntimeError(
-                    f"model {self.name} returned {ci.shape[0]} steps for an input of {p.steps}"
-                )
-            out.append(
-                (
-                    np.array(zi[: p.steps], dtype=np.float32),
-                    np.array(ci[: p.steps], dtype=np.float32),
-                )
-            )
-        return out
+        arrays = [p.array for p in prepared]
+        return self.runner.run(arrays, [p.steps for p in prepared], self.spec.preprocess)
 
     def release_arena(self) -> None:
-        """Hand the arena memory no call is using back (between batches, when idle).
-
-        onnxruntime's arena keeps what the largest call needed. It can shrink
-        only at the end of a call, and a batch's own outputs still hold their
-        chunk then; so a small call with shrinking on, once the last batch's
-        outputs are gone, frees every chunk but the first.
-        """
-        options = ort.RunOptions()
-        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        onnx = self.spec.onnx
-        batch = self.collate([self.warmup_input()])
-        self.session.run([onnx.context_output], {onnx.input: batch}, options)
+        """Hand the arena memory no call is using back (between batches, when idle)."""
+        self.runner.release_arena(self.collate([self.warmup_input()]))
 
     # -- warm-up and description ------------------------------------------------
 

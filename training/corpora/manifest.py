@@ -71,25 +71,33 @@ def write_manifest(folder: Path, rows: Iterable[Row]) -> Path:
     return target
 
 
+def read_records(source: Path) -> list[dict[str, str]]:
+    """The rows of a manifest file as they are; a `CorpusError` if it lacks a base column."""
+    with source.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in BASE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise CorpusError(
+                f"{source} lacks the column(s) {', '.join(missing)}; "
+                f"it needs {', '.join(BASE_COLUMNS)}"
+            )
+        return list(reader)
+
+
 def read_manifest(folder: Path) -> list[Row]:
     """Read `folder/manifest.csv` back into rows (a `CorpusError` if absent or malformed)."""
     source = Path(folder) / MANIFEST_NAME
     if not source.is_file():
         raise CorpusError(f"{folder} holds no {MANIFEST_NAME}: build it with `cpc-embed data`")
-    with source.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in BASE_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise CorpusError(f"{source} lacks the column(s) {', '.join(missing)}")
-        return [
-            Row(
-                path=rec["path"],
-                label=rec["label"],
-                split=rec["split"],
-                extra={k: v for k, v in rec.items() if k not in BASE_COLUMNS},
-            )
-            for rec in reader
-        ]
+    return [
+        Row(
+            path=rec["path"],
+            label=rec["label"],
+            split=rec["split"],
+            extra={k: v for k, v in rec.items() if k not in BASE_COLUMNS},
+        )
+        for rec in read_records(source)
+    ]
 
 
 def seeded_order(keys: Sequence[str], *, seed: int, salt: str = "") -> list[int]:

@@ -34,7 +34,6 @@ over sentences. `write_report` writes `eval.json` and the bar chart `eval.png`.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 import warnings
@@ -46,7 +45,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from scipy import sparse
 from sklearn.exceptions import ConvergenceWarning
@@ -61,11 +59,15 @@ from service.bundle import (
     TextPreprocess,
     load_bundle_spec,
 )
+from service.inference.pooling import pool
+from service.inference.runner import OnnxRunner, collate, slice_valid, valid_steps
 from service.preprocess.audio import load_audio
 from service.preprocess.image import array_to_patches, image_to_array, load_image
-from service.preprocess.text import TextTokenizer, pad_token_batch
+from service.preprocess.text import TextTokenizer
 from training.checkpoint import CHECKPOINT_FILE
 from training.config import TrainConfig, config_from_dict
+from training.corpora import CorpusError
+from training.corpora.manifest import MANIFEST_NAME, SPLITS, read_records
 from training.data import extensions_for, read_all
 from training.evaluation.baselines import (
     mfcc,
@@ -145,9 +147,6 @@ def probe_accuracy(
         return float(np.mean(probe.predict(test_x) == test_y))
 
 
-MANIFEST_FILE = "manifest.csv"
-MANIFEST_COLUMNS = ("path", "label", "split")
-SPLITS = ("train", "test")
 TEST_PERCENT = 20  # class-folder fallback: share of files in the test split
 
 
@@ -163,15 +162,11 @@ def _stable_hash(text: str) -> int:
 
 
 def _read_manifest(root: Path) -> list[LabelledFile]:
-    with open(root / MANIFEST_FILE, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{root / MANIFEST_FILE} lacks the column(s) {', '.join(missing)}; "
-                f"it needs {', '.join(MANIFEST_COLUMNS)}"
-            )
-        rows = list(reader)
+    """A user's manifest, leniently: blanks and case forgiven, unusable rows counted."""
+    try:
+        rows = read_records(root / MANIFEST_NAME)
+    except CorpusError as exc:
+        raise ValueError(str(exc)) from None
     items: list[LabelledFile] = []
     other_split = absent = 0
     for row in rows:
@@ -187,7 +182,7 @@ def _read_manifest(root: Path) -> list[LabelledFile]:
     if other_split or absent:
         logger.warning(
             "%s: ignored %d rows whose split is not train/test and %d whose file is missing",
-            root / MANIFEST_FILE,
+            root / MANIFEST_NAME,
             other_split,
             absent,
         )
@@ -230,13 +225,13 @@ def read_labels(
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such data folder")
-    if (root / MANIFEST_FILE).is_file():
-        items, source = _read_manifest(root), MANIFEST_FILE
+    if (root / MANIFEST_NAME).is_file():
+        items, source = _read_manifest(root), MANIFEST_NAME
     else:
         items, source = _read_class_folders(root, extensions), "folders"
         if not items:
             raise ValueError(
-                f"{root} has no {MANIFEST_FILE} and no class sub-folders of "
+                f"{root} has no {MANIFEST_NAME} and no class sub-folders of "
                 f"{'/'.join(e.lstrip('.') for e in extensions)} files to take labels from"
             )
     if max_per_split is not None:
@@ -268,19 +263,6 @@ def torch_forward(model: CPCModel) -> ForwardFn:
         with torch.inference_mode():
             z, c = model(torch.from_numpy(x))
         return z.float().numpy(), c.float().numpy()
-
-    return run
-
-
-def onnx_forward(path: Path, input_name: str, outputs: tuple[str, str] = ("z", "c")) -> ForwardFn:
-    """Run an exported graph with onnxruntime on the CPU."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z, c = session.run(list(outputs), {input_name: x})
-        return np.asarray(z), np.asarray(c)
 
     return run
 
@@ -328,8 +310,11 @@ def load_frozen_model(path: str | Path, quantized: bool = False) -> FrozenModel:
         onnx_file = spec.onnx.quantized_file if quantized else spec.onnx.file
         if onnx_file is None:
             raise ValueError(f"{folder} has no quantized model; export it with --quantize")
-        outputs = (spec.onnx.encoder_output, spec.onnx.context_output)
-        forward = onnx_forward(folder / onnx_file, spec.onnx.input, outputs)
+        onnx = spec.onnx
+        runner = OnnxRunner.open(
+            folder / onnx_file, onnx.input, onnx.encoder_output, onnx.context_output
+        )
+        forward = runner.forward
         prep = spec.preprocess
         tokenizer = None
         if isinstance(prep, TextPreprocess):
@@ -376,23 +361,9 @@ def input_reader(
     return lambda path: tokenizer.encode_document(path.read_text(encoding="utf-8"))[0]
 
 
-def _valid_steps(x: np.ndarray, prep: AnyPreprocess) -> int:
-    if isinstance(prep, AudioPreprocess):
-        return prep.num_steps(len(x))
-    if isinstance(prep, TextPreprocess):
-        return int(x.shape[0])
-    return 0  # images: every grid cell
-
-
-def _batch(inputs: list[np.ndarray], prep: AnyPreprocess) -> np.ndarray:
-    if isinstance(prep, AudioPreprocess):
-        out = np.zeros((len(inputs), max(len(x) for x in inputs)), dtype=np.float32)
-        for i, x in enumerate(inputs):
-            out[i, : len(x)] = x
-        return out
-    if isinstance(prep, TextPreprocess):
-        return pad_token_batch(inputs, prep.pad_id)
-    return np.stack([array_to_patches(x, prep) for x in inputs])
+def _model_input(x: np.ndarray, prep: AnyPreprocess) -> np.ndarray:
+    """What `input_reader` gives, as the model takes it: images become patches here."""
+    return array_to_patches(x, prep) if isinstance(prep, ImagePreprocess) else x
 
 
 @dataclass(frozen=True)
@@ -431,21 +402,16 @@ def pool_steps(
     pooled: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        z, c = forward(_batch([inputs[i] for i in idx], prep))
-        z = z.reshape(len(idx), -1, z.shape[-1])  # [B, steps, Z]
-        c = c.reshape(len(idx), -1, c.shape[-1])  # [B, steps, C]
-        for row, i in enumerate(idx):
-            steps = _valid_steps(inputs[i], prep) or c.shape[1]
+        arrays = [_model_input(inputs[i], prep) for i in idx]
+        z, c = forward(collate(arrays, prep))
+        steps = [valid_steps(a, prep) for a in arrays]
+        for i, (zi, ci) in zip(idx, slice_valid(z, c, steps), strict=True):
             at = no_frames if frames_at is None else np.asarray(frames_at[i], dtype=np.int64)
-            if at.size and (at.min() < 0 or at.max() >= steps):
-                raise ValueError(f"input {i}: frames asked outside its {steps} valid steps")
-            valid_c = c[row, :steps].astype(np.float64)
-            pooled[i] = (
-                valid_c.mean(axis=0),
-                valid_c.std(axis=0),
-                z[row, :steps].astype(np.float64).mean(axis=0),
-                c[row, at],
-            )
+            if at.size and (at.min() < 0 or at.max() >= len(ci)):
+                raise ValueError(f"input {i}: frames asked outside its {len(ci)} valid steps")
+            stats = pool(ci, "stats")
+            width = ci.shape[1]
+            pooled[i] = (stats[:width], stats[width:], pool(zi, "mean"), ci[at])
 
     def stacked(k: int) -> np.ndarray:
         return np.stack([pooled[i][k] for i in range(len(inputs))]).astype(np.float32)

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -34,6 +33,7 @@ from service.bundle import (
     load_bundle_spec,
     write_bundle_spec,
 )
+from service.inference.runner import OnnxRunner
 from training.checkpoint import load_checkpoint
 from training.config import AudioModelConfig, ImageModelConfig, TrainConfig, config_from_dict
 from training.data import image_spec, text_spec
@@ -103,23 +103,16 @@ def _dynamic_axes(modality: str, name: str) -> dict[str, dict[int, str]]:
     return {name: inputs, "z": steps, "c": steps}
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 @torch.no_grad()
 def compare_with_torch(model: CPCModel, cfg: TrainConfig, path: Path) -> float:
     """Largest |onnxruntime − torch| over z and c, three lengths × batch 1 and 4."""
-    sess = _session(path)
-    name = sess.get_inputs()[0].name
+    runner = OnnxRunner.open(path, INPUT_NAMES[cfg.modality])
     worst = 0.0
     for batch in ROUNDTRIP_BATCHES:
         for variant in range(3):
             x = example_inputs(cfg, batch, variant)
             z, c = model(torch.from_numpy(x))
-            oz, oc = sess.run(["z", "c"], {name: x})
+            oz, oc = runner.forward(x)
             worst = max(
                 worst, float(np.abs(oz - z.numpy()).max()), float(np.abs(oc - c.numpy()).max())
             )

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from service.errors import CPCError
 from service.inference.model import OnnxEncoder, Prepared
+from service.inference.pooling import pool
+from service.inference.runner import open_session
 from training.data import EXTENSIONS, DataError, list_files
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def pooled_cosines(a: OnnxEncoder, b: OnnxEncoder, inputs: Sequence[Prepared]) -
     out = []
     for item in inputs:
         (_, ca), (_, cb) = a.run([item])[0], b.run([item])[0]
-        va, vb = ca.mean(0), cb.mean(0)
+        va, vb = pool(ca, "mean"), pool(cb, "mean")
         out.append(float(va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb) + 1e-12)))
     return np.asarray(out)
 
@@ -187,8 +188,8 @@ def quantize_bundle(
     calibrate, check = inputs[cut:], inputs[:cut]
     out = folder / QUANTIZED_FILE
     quantize_static_copy(fp32, calibrate, out)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    quant = dataclasses.replace(fp32, session=session, model_file=QUANTIZED_FILE)
+    runner = dataclasses.replace(fp32.runner, session=open_session(out))
+    quant = dataclasses.replace(fp32, runner=runner, model_file=QUANTIZED_FILE)
     worst = float(pooled_cosines(fp32, quant, check).min())
     if worst < cfg.min_cosine:
         out.unlink()
