@@ -19,17 +19,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel
 from pydantic_core import from_json
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.collection_schemas import schema_error
-from service.api.schemas import parse_model
+from service.api.schemas import parse_model, schema_error
 from service.errors import InvalidInput, UnsupportedMedia
+from service.inference.inputs import ApiInput, PlainText
 
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
@@ -37,6 +38,7 @@ URLENCODED_TYPE = "application/x-www-form-urlencoded"
 FORM_TYPES = (MULTIPART_TYPE, URLENCODED_TYPE)
 M = TypeVar("M", bound=BaseModel)
 _MIN_PART_BYTES = 1024 * 1024
+INPUT_FIELDS = ("file", "text")  # the form parts that carry inputs
 
 
 def openapi_body(
@@ -118,3 +120,61 @@ def parse_json_field(text: str, loc: tuple[str | int, ...]) -> Any:
         return from_json(text)
     except ValueError as exc:
         raise schema_error(loc, f"not valid JSON ({exc})") from None
+
+
+async def form_inputs(form: FormData) -> tuple[list[ApiInput], dict[str, list[str]]]:
+    """The `file` and `text` parts of a form, in order, and every other field by name.
+
+    A `file` part uploaded as a file is bytes (its modality is recognised from
+    them); a `text` part is PlainText (an uploaded `text` file must be UTF-8).
+    """
+    inputs: list[ApiInput] = []
+    fields: dict[str, list[str]] = {}
+    for key, value in form.multi_items():
+        if key in INPUT_FIELDS:
+            index = len(inputs)
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                if key == "text":
+                    try:
+                        inputs.append(PlainText(data.decode("utf-8")))
+                    except UnicodeDecodeError as exc:
+                        raise InvalidInput(
+                            f"input {index} (a text part) is not valid UTF-8 ({exc.reason})"
+                        ) from exc
+                else:
+                    inputs.append(data)
+            else:
+                inputs.append(PlainText(value) if key == "text" else value)
+        elif isinstance(value, UploadFile):
+            raise InvalidInput(
+                f"unexpected file part {key!r}: files go in `file` parts, text in `text` parts"
+            )
+        else:
+            fields.setdefault(key, []).append(value)
+    return inputs, fields
+
+
+@dataclass
+class FormBody:
+    """A form's inputs (`file` and `text` parts, in order) and its other fields by name."""
+
+    inputs: list[ApiInput]
+    fields: dict[str, list[str]]
+
+
+async def read_json_or_form(
+    request: Request, json_model: type[M], route: str, form_parts: str, max_part_size: int
+) -> M | FormBody:
+    """A JSON body validated into `json_model`, or a form's inputs and fields.
+
+    415 for any other media type, naming the route and the form's `form_parts`.
+    """
+    kind = media_type(request)
+    if is_form(kind):
+        async with read_form(request, max_part_size) as form:
+            inputs, fields = await form_inputs(form)
+        return FormBody(inputs, fields)
+    if is_json(kind):
+        return parse_model(json_model, await request.body())
+    raise unsupported(route, f"{JSON_TYPE} or multipart/form-data ({form_parts})", kind)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from service.inference.pooling import VECTOR_POOLINGS, VectorPooling
@@ -26,13 +25,6 @@ def _not_a_boolean(value: Any) -> Any:
 
 
 WholeNumber = Annotated[int, BeforeValidator(_not_a_boolean)]
-
-
-def schema_error(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
-    """A 422 for a body that does not match the schema, located at `loc`."""
-    return RequestValidationError(
-        [{"loc": ("body", *loc), "msg": msg, "type": "value_error", "input": None}]
-    )
 
 
 class _OneOfInputOrVector(BaseModel):

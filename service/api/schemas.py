@@ -112,6 +112,15 @@ class OpenAIEmbeddingResponse(BaseModel):
     usage: OpenAIUsage
 
 
+def schema_error(
+    loc: tuple[str | int, ...], msg: str, where: str = "body"
+) -> RequestValidationError:
+    """A 422 for one value, located at `loc` in the `where` of the request (body, query)."""
+    return RequestValidationError(
+        [{"loc": (where, *loc), "msg": msg, "type": "value_error", "input": None}]
+    )
+
+
 def parse_model(cls: type[M], data: bytes | dict[str, Any]) -> M:
     """Validate JSON bytes or a dict into `cls`; 422 (RequestValidationError) if it fails."""
     try:

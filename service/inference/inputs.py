@@ -15,17 +15,13 @@ the model's are refused with 415 naming both; undecodable base64 with 400.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import re
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from starlette.datastructures import FormData, UploadFile
-
 from service.errors import InvalidInput, TooLarge, UnsupportedMedia
+from service.inference.wire import b64_bytes
 from service.preprocess import sniff_modality
 from service.preprocess.audio import ACCEPTED_AUDIO
 from service.preprocess.image import ACCEPTED_IMAGES
@@ -44,8 +40,7 @@ _DATA_URI = re.compile(
     r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,",
     re.IGNORECASE,
 )
-_BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
-_LINE_BREAKS = re.compile(r"[\r\n]+")  # MIME base64 wraps lines; spaces are never valid
+_LINE_BREAKS = re.compile(r"[\r\n]+")  # MIME base64 wraps lines
 _SNIFF_CHARS = 64  # base64 characters decoded to recognise a file by its magic number
 
 
@@ -62,26 +57,6 @@ class DataUri:
         return self.media_type.split("/", 1)[0]
 
 
-def _b64decode(text: str) -> bytes:
-    """Standard or URL-safe base64, line breaks ignored, padding optional."""
-    if text:
-        # The common case, strict padded standard base64, is checked and decoded in
-        # C; scanning a clip's worth of characters with the regexes below costs
-        # more than the rest of its request.
-        with contextlib.suppress(binascii.Error, ValueError):
-            return base64.b64decode(text, validate=True)
-    compact = _LINE_BREAKS.sub("", text)
-    if not compact or not _BASE64_CHARS.match(compact):
-        raise ValueError("not base64")
-    compact = compact.rstrip("=")
-    if len(compact) % 4 == 1:
-        raise ValueError("impossible base64 length")
-    compact += "=" * (-len(compact) % 4)
-    if "-" in compact or "_" in compact:
-        return base64.urlsafe_b64decode(compact)
-    return base64.b64decode(compact, validate=True)
-
-
 def parse_data_uri(value: str, index: int) -> DataUri | None:
     """The data URI in `value`, or None when `value` is not one."""
     match = _DATA_URI.match(value)
@@ -91,8 +66,8 @@ def parse_data_uri(value: str, index: int) -> DataUri | None:
     media_type = (match.group("type") or "").lower()
     if match.group("b64"):
         try:
-            payload = _b64decode(body)
-        except (ValueError, binascii.Error) as exc:
+            payload = b64_bytes(body)
+        except ValueError as exc:
             raise InvalidInput(f"input {index} is a data URI whose base64 is not valid") from exc
     else:
         payload = urllib.parse.unquote_to_bytes(body)
@@ -105,8 +80,8 @@ def decode_base64(value: str, index: int) -> bytes:
     if uri is not None:
         return uri.payload
     try:
-        return _b64decode(value)
-    except (ValueError, binascii.Error) as exc:
+        return b64_bytes(value)
+    except ValueError as exc:
         raise InvalidInput(
             f"input {index} is not valid base64 (audio and image inputs are the file's bytes in "
             "base64, or a data URI such as data:audio/wav;base64,...)"
@@ -204,8 +179,8 @@ def _guess_one(value: ApiInput, index: int) -> str | None:
     head = _LINE_BREAKS.sub("", value[: 2 * _SNIFF_CHARS])[:_SNIFF_CHARS]
     head = head[: len(head) - len(head) % 4]
     try:
-        found = sniff_modality(_b64decode(head)) if head else None
-    except (ValueError, binascii.Error):
+        found = sniff_modality(b64_bytes(head)) if head else None
+    except ValueError:
         found = None
     return found or "text"
 
@@ -228,39 +203,3 @@ def check_batch(count: int, max_batch: int | None) -> None:
         raise InvalidInput("no inputs given: send at least one")
     if max_batch is not None and count > max_batch:
         raise TooLarge(f"the request has {count} inputs; the limit is {max_batch} (CPC_MAX_BATCH)")
-
-
-INPUT_FIELDS = ("file", "text")
-
-
-async def form_inputs(form: FormData) -> tuple[list[ApiInput], dict[str, list[str]]]:
-    """The `file` and `text` parts of a form, in order, and every other field by name.
-
-    A `file` part uploaded as a file is bytes (its modality is recognised from
-    them); a `text` part is PlainText (an uploaded `text` file must be UTF-8).
-    """
-    inputs: list[ApiInput] = []
-    fields: dict[str, list[str]] = {}
-    for key, value in form.multi_items():
-        if key in INPUT_FIELDS:
-            index = len(inputs)
-            if isinstance(value, UploadFile):
-                data = await value.read()
-                if key == "text":
-                    try:
-                        inputs.append(PlainText(data.decode("utf-8")))
-                    except UnicodeDecodeError as exc:
-                        raise InvalidInput(
-                            f"input {index} (a text part) is not valid UTF-8 ({exc.reason})"
-                        ) from exc
-                else:
-                    inputs.append(data)
-            else:
-                inputs.append(PlainText(value) if key == "text" else value)
-        elif isinstance(value, UploadFile):
-            raise InvalidInput(
-                f"unexpected file part {key!r}: files go in `file` parts, text in `text` parts"
-            )
-        else:
-            fields.setdefault(key, []).append(value)
-    return inputs, fields

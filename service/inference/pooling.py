@@ -6,13 +6,11 @@ the whole input, as the autoregressor is causal); "stats", their mean and
 (population) standard deviation concatenated, [mean ⊕ std] of dimension 2·D,
 the x-vector idea: speaker and style tasks need the spread of the steps, which
 the mean drops; or all of them ("none"). `pooled_dim` is the dimension that
-comes out. `to_base64` writes a vector as little-endian float32, the format of
-the OpenAI API's `encoding_format=base64`.
+comes out.
 """
 
 from __future__ import annotations
 
-import base64
 from typing import Literal
 
 import numpy as np
@@ -56,13 +54,3 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32)
     norm = np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
     return (x / np.maximum(norm, _EPS)).astype(np.float32)
-
-
-def to_base64(vector: np.ndarray) -> str:
-    """One vector as base64 of its little-endian float32 bytes."""
-    return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
-
-
-def from_base64(text: str) -> np.ndarray:
-    """Inverse of `to_base64` (used by clients and tests)."""
-    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from service.api.app import create_app
 from service.config import Settings
-from service.inference.pooling import from_base64
+from service.inference.wire import from_base64
 from service.preprocess.text import TextTokenizer
 from tests.service.conftest import (
     SR,

@@ -7,7 +7,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from service.inference.pooling import from_base64
+from service.inference.wire import from_base64
 from tests.service.conftest import TEXTS, MakeClient, audio_bytes, b64, data_uri, image_bytes
 
 

@@ -17,20 +17,18 @@ These routes come before the collection routes in `ROUTERS`, whose
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from service.api.collection_schemas import CollectionMap
 from service.api.deps import CollectionsDep, SettingsDep
 from service.api.routes import collections as _collections  # noqa: F401 (registers "anypath")
-from service.api.schemas import OrjsonResponse
+from service.api.schemas import OrjsonResponse, schema_error
 from service.errors import InvalidInput
+from service.inference.wire import from_base64
 from service.vectors.collection import prepare_vector, validate_item_id
 from service.vectors.map import pca_2d
 from service.vectors.operations import check_vector_length, get_collection
@@ -45,29 +43,16 @@ _ORIGINAL_HEADERS = {
 }
 
 
-def query_error(param: str, msg: str) -> RequestValidationError:
-    """A 422 for a query parameter outside what a setting allows."""
-    return RequestValidationError(
-        [{"loc": ("query", param), "msg": msg, "type": "value_error", "input": None}]
-    )
-
-
 def decode_vector(text: str, max_dim: int) -> np.ndarray:
     """A base64 little-endian float32 vector (standard or URL-safe alphabet)."""
     compact = text.strip().replace(" ", "+")  # a '+' left unescaped in a query reads as ' '
     check_vector_length(len(compact) * 3 // 16, max_dim)  # before decoding a huge string
     try:
-        if "-" in compact or "_" in compact:
-            raw = base64.urlsafe_b64decode(compact + "=" * (-len(compact) % 4))
-        else:
-            raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-    except (ValueError, binascii.Error) as exc:
-        raise InvalidInput("vector is not valid base64 of little-endian float32 values") from exc
-    if not raw or len(raw) % 4:
+        return from_base64(compact)
+    except ValueError as exc:
         raise InvalidInput(
-            f"vector is {len(raw)} bytes, not a whole number of float32 values (4 bytes each)"
-        )
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+            f"vector is not valid base64 of little-endian float32 values ({exc})"
+        ) from exc
 
 
 @router.get(
@@ -92,8 +77,10 @@ async def collection_map(
     ] = None,
 ) -> OrjsonResponse:
     if not 1 <= limit <= settings.max_map_points:
-        raise query_error(
-            "limit", f"limit must be from 1 to {settings.max_map_points} (CPC_MAX_MAP_POINTS)"
+        raise schema_error(
+            ("limit",),
+            f"limit must be from 1 to {settings.max_map_points} (CPC_MAX_MAP_POINTS)",
+            where="query",
         )
     coll = get_collection(collections, name)
     query = None

@@ -23,16 +23,12 @@ from fastapi import APIRouter, Request
 from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.bodies import (
-    JSON_TYPE,
-    is_form,
-    is_json,
-    media_type,
+    FormBody,
     openapi_body,
     parse_json_field,
     part_limit,
-    read_form,
     read_json,
-    unsupported,
+    read_json_or_form,
 )
 from service.api.collection_schemas import (
     CollectionDescription,
@@ -41,13 +37,11 @@ from service.api.collection_schemas import (
     ItemResponse,
     UpsertRequest,
     UpsertResponse,
-    schema_error,
 )
 from service.api.deps import CollectionsDep, MetricsDep, RegistryDep, SettingsDep
-from service.api.schemas import OrjsonResponse, parse_model
+from service.api.schemas import OrjsonResponse, schema_error
 from service.config import Settings
 from service.errors import InvalidInput, NotFound
-from service.inference.inputs import form_inputs
 from service.inference.pooling import pooled_dim
 from service.vectors.collection import validate_item_id
 from service.vectors.operations import (
@@ -132,51 +126,49 @@ def _form_flag(values: list[str], name: str) -> bool | None:
 
 async def read_items(request: Request, settings: Settings) -> tuple[list[NewItem], bool | None]:
     """The items of an upsert, from JSON or from a multipart form, and `keep_originals`."""
-    kind = media_type(request)
-    if is_form(kind):
-        limit = part_limit(settings.max_text_chars, settings.max_metadata_bytes)
-        async with read_form(request, limit) as form:
-            inputs, fields = await form_inputs(form)
-        ids = fields.pop("id", [])
-        metadata = _form_metadata(fields.pop("metadata", []))
-        keep = _form_flag(fields.pop("keep_originals", []), "keep_originals")
-        if fields:
-            raise schema_error(
-                (sorted(fields)[0],),
-                "unexpected form field; an upsert form takes `file` or `text` parts, "
-                "`id`, `metadata` and `keep_originals` fields",
-            )
-        if not inputs:
-            raise InvalidInput("no items given: send `file` or `text` parts, with an `id` each")
-        if len(ids) != len(inputs):
-            raise schema_error(
-                ("id",),
-                f"{len(ids)} `id` fields for {len(inputs)} `file`/`text` parts: give one id per "
-                "part, in the same order",
-            )
-        if metadata and len(metadata) != len(inputs):
-            raise schema_error(
-                ("metadata",),
-                f"{len(metadata)} `metadata` fields for {len(inputs)} `file`/`text` parts: give "
-                "none, or one per part in the same order",
-            )
-        items = [
-            NewItem(id=item_id, input=value, metadata=metadata[i] if metadata else None)
-            for i, (item_id, value) in enumerate(zip(ids, inputs, strict=True))
-        ]
-        return items, keep
-    if is_json(kind):
-        body = parse_model(UpsertRequest, await request.body())
-        items = [
-            NewItem(id=item.id, input=item.input, vector=item.vector, metadata=item.metadata)
-            for item in body.items
-        ]
-        return items, body.keep_originals
-    raise unsupported(
-        "an upsert",
-        f"{JSON_TYPE} or multipart/form-data (`file`/`text` parts with `id` fields)",
-        kind,
-    )
+    limit = part_limit(settings.max_text_chars, settings.max_metadata_bytes)
+    parts = "`file`/`text` parts with `id` fields"
+    body = await read_json_or_form(request, UpsertRequest, "an upsert", parts, limit)
+    if isinstance(body, FormBody):
+        return _form_items(body)
+    items = [
+        NewItem(id=item.id, input=item.input, vector=item.vector, metadata=item.metadata)
+        for item in body.items
+    ]
+    return items, body.keep_originals
+
+
+def _form_items(form: FormBody) -> tuple[list[NewItem], bool | None]:
+    """The items of an upsert form: one `id` per part, `metadata` none or one per part."""
+    inputs, fields = form.inputs, form.fields
+    ids = fields.pop("id", [])
+    metadata = _form_metadata(fields.pop("metadata", []))
+    keep = _form_flag(fields.pop("keep_originals", []), "keep_originals")
+    if fields:
+        raise schema_error(
+            (sorted(fields)[0],),
+            "unexpected form field; an upsert form takes `file` or `text` parts, "
+            "`id`, `metadata` and `keep_originals` fields",
+        )
+    if not inputs:
+        raise InvalidInput("no items given: send `file` or `text` parts, with an `id` each")
+    if len(ids) != len(inputs):
+        raise schema_error(
+            ("id",),
+            f"{len(ids)} `id` fields for {len(inputs)} `file`/`text` parts: give one id per "
+            "part, in the same order",
+        )
+    if metadata and len(metadata) != len(inputs):
+        raise schema_error(
+            ("metadata",),
+            f"{len(metadata)} `metadata` fields for {len(inputs)} `file`/`text` parts: give "
+            "none, or one per part in the same order",
+        )
+    items = [
+        NewItem(id=item_id, input=value, metadata=metadata[i] if metadata else None)
+        for i, (item_id, value) in enumerate(zip(ids, inputs, strict=True))
+    ]
+    return items, keep
 
 
 # --- items (before the {name:anypath} routes, which would swallow them) ---------------------

@@ -13,14 +13,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.api.bodies import (
-    JSON_TYPE,
-    is_form,
-    is_json,
-    media_type,
+    INPUT_FIELDS,
+    FormBody,
     openapi_body,
     part_limit,
-    read_form,
-    unsupported,
+    read_json_or_form,
 )
 from service.api.deps import RegistryDep, SettingsDep
 from service.api.schemas import (
@@ -31,9 +28,9 @@ from service.api.schemas import (
     OrjsonResponse,
     parse_model,
 )
-from service.inference.inputs import INPUT_FIELDS, ApiInput, form_inputs
+from service.inference.inputs import ApiInput
 from service.inference.pipeline import Embeddings, embed_inputs
-from service.inference.pooling import to_base64
+from service.inference.wire import to_base64
 
 router = APIRouter(tags=["embed"])
 
@@ -59,20 +56,14 @@ async def read_request(
     request: Request, max_text_chars: int
 ) -> tuple[EmbedOptions, list[ApiInput]]:
     """Options and inputs from a JSON or form body; 415 for any other media type."""
-    kind = media_type(request)
-    if is_form(kind):
-        async with read_form(request, part_limit(max_text_chars)) as form:
-            inputs, fields = await form_inputs(form)
-        options = parse_model(EmbedOptions, {k: v[-1] for k, v in fields.items()})
-        return options, inputs
-    if is_json(kind):
-        body = parse_model(EmbedRequest, await request.body())
-        return body, list(body.inputs)
-    raise unsupported(
-        "POST /embed",
-        f"{JSON_TYPE} or multipart/form-data (`{'`/`'.join(INPUT_FIELDS)}` parts)",
-        kind,
+    parts = f"`{'`/`'.join(INPUT_FIELDS)}` parts"
+    body = await read_json_or_form(
+        request, EmbedRequest, "POST /embed", parts, part_limit(max_text_chars)
     )
+    if isinstance(body, FormBody):
+        options = parse_model(EmbedOptions, {k: v[-1] for k, v in body.fields.items()})
+        return options, body.inputs
+    return body, list(body.inputs)
 
 
 def embeddings_body(result: Embeddings, encoding_format: EncodingFormat) -> dict[str, Any]:

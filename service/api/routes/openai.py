@@ -22,7 +22,7 @@ from service.api.schemas import (
 )
 from service.errors import InvalidInput
 from service.inference.pipeline import embed_inputs
-from service.inference.pooling import to_base64
+from service.inference.wire import to_base64
 
 router = APIRouter(tags=["openai"])
 

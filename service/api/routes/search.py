@@ -18,26 +18,21 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.api.bodies import (
-    JSON_TYPE,
-    is_form,
-    is_json,
-    media_type,
+    FormBody,
     openapi_body,
     parse_json_field,
     part_limit,
-    read_form,
-    unsupported,
+    read_json_or_form,
 )
 from service.api.collection_schemas import (
     SearchOptions,
     SearchRequest,
     SearchResponse,
-    schema_error,
 )
 from service.api.deps import CollectionsDep, RegistryDep, SettingsDep
-from service.api.schemas import OrjsonResponse, parse_model
+from service.api.schemas import OrjsonResponse, parse_model, schema_error
 from service.config import Settings
-from service.inference.inputs import ApiInput, form_inputs
+from service.inference.inputs import ApiInput
 from service.vectors.collection import validate_filter
 from service.vectors.operations import get_collection, query_vector
 
@@ -64,25 +59,21 @@ async def read_query(
     request: Request, settings: Settings
 ) -> tuple[SearchOptions, ApiInput | None, Sequence[float] | None]:
     """Options, input and vector of a search, from JSON or a multipart form."""
-    kind = media_type(request)
-    if is_form(kind):
-        limit = part_limit(settings.max_text_chars, settings.max_metadata_bytes)
-        async with read_form(request, limit) as form:
-            inputs, fields = await form_inputs(form)
-        values: dict[str, Any] = {key: found[-1] for key, found in fields.items()}
+    limit = part_limit(settings.max_text_chars, settings.max_metadata_bytes)
+    body = await read_json_or_form(
+        request, SearchRequest, "POST /search", "a `file` or `text` part", limit
+    )
+    if isinstance(body, FormBody):
+        values: dict[str, Any] = {key: found[-1] for key, found in body.fields.items()}
         if "filter" in values:
             values["filter"] = parse_json_field(values["filter"], ("filter",))
+        inputs = body.inputs
         if len(inputs) != 1:
             raise schema_error(
                 ("file",), f"give exactly one `file` or `text` part to search by, not {len(inputs)}"
             )
         return parse_model(SearchOptions, values), inputs[0], None
-    if is_json(kind):
-        body = parse_model(SearchRequest, await request.body())
-        return body, body.input, body.vector
-    raise unsupported(
-        "POST /search", f"{JSON_TYPE} or multipart/form-data (a `file` or `text` part)", kind
-    )
+    return body, body.input, body.vector
 
 
 @router.post(
