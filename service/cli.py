@@ -211,11 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "index":
         from service.offline.index_command import main as index_main
 
-        return index_main(args)
+        return index_main(args, settings_from_args(args))
     if args.command == "embed-folder":
         from service.offline.embed_folder import main as embed_folder_main
 
-        return embed_folder_main(args)
+        return embed_folder_main(args, settings_from_args(args))
     from training.cli import run_training_command
 
     return run_training_command(args)

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from service.bundle import BUNDLE_FILE
-from service.cli import settings_from_args
 from service.config import Settings
 from service.errors import BundleError, CPCError
 from service.inference.model import OnnxEncoder
@@ -153,14 +152,14 @@ def _fail(report: EmbedFolderReport, name: str, why: str) -> None:
         logger.warning("skipping %s: %s", name, why)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, settings: Settings) -> int:
     """`cpc-embed embed-folder`: 0 when done (failed files are counted, not fatal), 2 on error."""
     try:
         run_embed_folder(
             args.bundle,
             args.data,
             args.out,
-            settings=settings_from_args(args),
+            settings=settings,
             batch=args.batch,
             workers=args.workers,
             shard_size=args.shard_size,

@@ -49,7 +49,6 @@ from typing import Any
 import numpy as np
 
 from service.bundle import BundleSpec, load_bundle_spec
-from service.cli import settings_from_args
 from service.config import Settings
 from service.errors import BundleError, CPCError
 from service.inference.model import OnnxEncoder
@@ -381,13 +380,13 @@ def _finish(report: IndexReport, coll: Collection) -> IndexReport:
     return report
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, settings: Settings) -> int:
     """`cpc-embed index`: 0 when done (failed files are counted, not fatal), 2 on a usage error."""
     try:
         run_index(
             args.collection,
             args.data,
-            settings=settings_from_args(args),
+            settings=settings,
             metadata_csv=args.metadata,
             model=args.model,
             batch=args.batch,
