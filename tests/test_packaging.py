@@ -1,9 +1,11 @@
-"""Packaging: the container recipe, and the serving install it makes.
+"""Packaging: the container recipe, and the two installs the extras make.
 
 The fast tests read the Dockerfile (multi-stage, non-root, health-checked, only
 the `serve` extra in the runtime image), .dockerignore and docker-compose.yml.
-The install test repeats the image's install steps in a fresh virtual
-environment: no torch there, and the service starts from it and embeds.
+The install tests use fresh virtual environments: the serving one repeats the
+image's install steps (no torch there; the service starts from it and embeds,
+and `embed-folder` runs), the training one installs the `train` extra alone (no
+web stack there; every training command runs).
 `scripts/docker-check.sh` builds and runs the real image (by hand: it needs Docker).
 """
 
@@ -261,33 +263,49 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _copy_source(dest: Path) -> Path:
+    """The files an install reads, copied (as the image copies them) without caches."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for pkg in ("service", "training"):
+        shutil.copytree(ROOT / pkg, dest / pkg, ignore=ignore)
+    return dest
+
+
+def _new_venv(path: Path) -> tuple[Path, list[str]]:
+    """A fresh virtual environment: its bin folder and its `pip install -q` command."""
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    bin_ = path / "bin"
+    return bin_, [str(bin_ / "python"), "-m", "pip", "install", "-q"]
+
+
+def _importable(bin_: Path, module: str, cwd: Path) -> bool:
+    found = subprocess.run(
+        [str(bin_ / "python"), "-c", f"import {module}"],
+        capture_output=True,
+        env=_clean_env(),
+        cwd=cwd,
+    )
+    return found.returncode == 0
+
+
 def test_serving_install_has_no_torch_and_serves(tmp_path: Path) -> None:
     # The same steps as the Dockerfile's builder: a venv, the requirements from
     # pyproject.toml, then the project (copied, as the image does) with --no-deps.
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for pkg in ("service", "training"):
-        shutil.copytree(ROOT / pkg, src / pkg, ignore=ignore)
+    src = _copy_source(tmp_path / "src")
     (tmp_path / "serve-requirements.txt").write_text("\n".join(_serve_requirements()) + "\n")
 
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    bin_ = venv / "bin"
+    bin_, pip = _new_venv(tmp_path / "venv")
     env = _clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1")
-    pip = [str(bin_ / "python"), "-m", "pip", "install", "-q"]
     subprocess.run(
         [*pip, "-r", str(tmp_path / "serve-requirements.txt")], check=True, env=env, cwd=tmp_path
     )
     subprocess.run([*pip, "--no-deps", f"{src}[serve]"], check=True, env=env, cwd=tmp_path)
     subprocess.run([str(bin_ / "python"), "-m", "pip", "check"], check=True, env=env, cwd=tmp_path)
 
-    no_torch = subprocess.run(
-        [str(bin_ / "python"), "-c", "import torch"], capture_output=True, env=env, cwd=tmp_path
-    )
-    assert no_torch.returncode != 0, "torch is importable in the serving install"
+    assert not _importable(bin_, "torch", tmp_path), "torch is importable in the serving install"
 
     # Training commands say, in one line, that they need the `train` extra.
     train = subprocess.run(
@@ -301,6 +319,31 @@ def test_serving_install_has_no_torch_and_serves(tmp_path: Path) -> None:
     assert len(train.stderr.strip().splitlines()) == 1 and "`train` extra" in train.stderr
 
     models = export_tiny_bundles(tmp_path / "models")
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(3):
+        (texts / f"{i}.txt").write_text(f"Note number {i}. It has two sentences.")
+    offline = subprocess.run(
+        [
+            str(bin_ / "cpc-embed"),
+            "embed-folder",
+            str(tmp_path / "models" / "text"),
+            str(texts),
+            "--out",
+            str(tmp_path / "texts.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert offline.returncode == 0, offline.stderr
+    import numpy as np
+
+    with np.load(tmp_path / "texts.npz") as vectors:
+        assert sorted(vectors["ids"]) == ["0.txt", "1.txt", "2.txt"]
+        assert vectors["vectors"].shape == (3, 16)
+
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
@@ -345,3 +388,87 @@ def test_serving_install_has_no_torch_and_serves(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         log.close()
+
+
+WORDS = [
+    "river",
+    "stone",
+    "cloud",
+    "lamp",
+    "garden",
+    "window",
+    "paper",
+    "engine",
+    "violin",
+    "harbor",
+    "forest",
+    "candle",
+]
+
+
+def _labelled_texts(root: Path, per_class: int = 8) -> Path:
+    """Two classes of short documents with a manifest.csv giving each a label and a split."""
+    rows = ["path,label,split"]
+    for label, offset in (("even", 0), ("odd", 1)):
+        folder = root / label
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            words = WORDS[offset::2]
+            text = " ".join(
+                f"The {words[(i + k) % len(words)]} is near the {words[k % len(words)]}."
+                for k in range(4)
+            )
+            (folder / f"{i}.txt").write_text(text)
+            rows.append(f"{label}/{i}.txt,{label},{'test' if i % 4 == 0 else 'train'}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_training_install_runs_every_training_command(tmp_path: Path) -> None:
+    from tests.training.tiny import tiny_config
+
+    src = _copy_source(tmp_path / "src")
+    bin_, pip = _new_venv(tmp_path / "venv")
+    env = _clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1", OMP_NUM_THREADS="1")
+    subprocess.run([*pip, f"{src}[train]"], check=True, env=env, cwd=tmp_path)
+    subprocess.run([str(bin_ / "python"), "-m", "pip", "check"], check=True, env=env, cwd=tmp_path)
+    for web in ("fastapi", "pydantic_settings", "faiss"):
+        assert not _importable(bin_, web, tmp_path), f"{web} is in the train-only install"
+
+    def cpc(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(bin_ / "cpc-embed"), *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, f"cpc-embed {args[0]}: {done.stderr[-3000:]}"
+        return done
+
+    for command in ("train", "export", "quantize", "eval", "data"):
+        assert "usage: cpc-embed " + command in cpc(command, "--help").stdout
+    data = _labelled_texts(tmp_path / "texts")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config("text", steps=2).to_dict()))
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    cpc(
+        "train",
+        "--modality",
+        "text",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--config",
+        config,
+        "--steps",
+        "2",
+        "--no-progress",
+    )
+    cpc("export", run, "--out", bundle)
+    spec = json.loads((bundle / "bundle.json").read_text())
+    assert spec["modality"] == "text" and (bundle / spec["onnx"]["file"]).is_file()
+    cpc("eval", bundle, "--data", data, "--out", tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert set(report["results"]) >= {"cpc_context", "random_init", "baseline_tfidf"}
