@@ -5,7 +5,10 @@
 - `service` never imports `training` or torch at import time;
 - nothing under `service/inference`, `vectors`, `offline` or `preprocess`
   imports FastAPI or Starlette;
-- nothing imports `service.cli` (only the `cpc-embed` entry point runs it).
+- nothing imports `service.cli` (only the `cpc-embed` entry point runs it);
+- the rooms of `service` stack up and import only downwards: the shared
+  top-level modules (errors, bundle, config, ...), then `preprocess`,
+  `inference`, `vectors`, `offline`, `api`, and `cli` on top.
 
 Each rule is also shown to catch a breach, on a small tree written for the test.
 """
@@ -23,6 +26,19 @@ PACKAGES = ("service", "training")
 NO_WEB = ("service.inference", "service.vectors", "service.offline", "service.preprocess")
 WEB = ("fastapi", "starlette")
 ENTRY_POINT = "service.cli"
+ROOMS = ("preprocess", "inference", "vectors", "offline", "api")  # bottom to top
+
+
+def room_rank(module: str) -> int | None:
+    """Where a service module stands: 0 for the shared top level, then ROOMS, cli last."""
+    parts = module.split(".")
+    if parts[0] != "service":
+        return None
+    if module == ENTRY_POINT:
+        return len(ROOMS) + 1
+    if len(parts) > 1 and parts[1] in ROOMS:
+        return ROOMS.index(parts[1]) + 1
+    return 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,9 @@ def violations(imports: list[Import], packages: tuple[str, ...] = PACKAGES) -> l
             problems.append(f"{where}: service imports {target} at import time")
         if _under(imp.importer, NO_WEB) and _under(target, WEB):
             problems.append(f"{where}: {target} imported below the HTTP layer")
+        below, above = room_rank(imp.importer), room_rank(target)
+        if below is not None and above is not None and above > below:
+            problems.append(f"{where}: imports {target}, a room above it")
         if target == ENTRY_POINT and imp.importer != ENTRY_POINT:
             problems.append(f"{where}: imports {ENTRY_POINT}, which only the entry point runs")
     problems += [f"import circle: {' -> '.join(c)}" for c in _cycles(edges)]
@@ -201,6 +220,10 @@ BREACHES = {
     "the web stack below the HTTP layer": (
         {"service/inference/model.py": "from starlette.datastructures import UploadFile\n"},
         "starlette.datastructures imported below the HTTP layer",
+    ),
+    "a room importing one above it": (
+        {"service/inference/model.py": "from service.api.app import App\n"},
+        "service.inference.model:1: imports service.api.app, a room above it",
     ),
     "the entry point imported": (
         {"training/cli.py": "def f():\n    from service import cli\n"},

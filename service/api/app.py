@@ -47,9 +47,9 @@ from service.errors import BundleError
 from service.inference.allocator import tune_allocator
 from service.inference.registry import ModelRegistry, load_registry
 from service.metrics import Metrics
-from service.vectors.collection import CollectionManager
 from service.vectors.datalock import DataDirLock
 from service.vectors.index import set_faiss_threads
+from service.vectors.manager import CollectionManager
 from service.vectors.operations import open_collections
 
 logger = logging.getLogger(__name__)

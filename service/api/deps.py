@@ -16,7 +16,7 @@ from service.config import Settings
 from service.errors import NotReady
 from service.inference.registry import ModelRegistry
 from service.metrics import Metrics
-from service.vectors.collection import CollectionManager
+from service.vectors.manager import CollectionManager
 
 
 async def get_settings(request: Request) -> Settings:

@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.bundle import Modality
+from service.inference.pipeline import Layer
 from service.inference.pooling import Pooling
 
-Layer = Literal["context", "encoder"]
 EncodingFormat = Literal["float", "base64"]
 M = TypeVar("M", bound=BaseModel)
 

@@ -12,11 +12,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from service.api.schemas import Layer
 from service.bundle import AudioPreprocess, ImagePreprocess
 from service.errors import CPCError
 from service.inference.inputs import ApiInput, check_batch, infer_modality, to_raw
@@ -27,6 +26,7 @@ from service.inference.registry import ModelRegistry, ServedModel
 logger = logging.getLogger(__name__)
 # Text this short is tokenised on the event loop (well under a millisecond):
 # the hop to a worker thread and back would cost more than the work.
+Layer = Literal["context", "encoder"]  # which vectors: c (g_ar) or z (g_enc)
 INLINE_TEXT_CHARS = 2048
 
 

@@ -64,18 +64,17 @@ from service.offline.files import (
 )
 from service.offline.pipeline import LOGGED_FAILURES, EmbeddedBatch, FilePipeline, Progress
 from service.offline.vector_files import VectorFile, VectorFileError, load_vectors
-from service.vectors.collection import (
-    STORE_FILE,
-    Collection,
-    CollectionManager,
+from service.vectors.collection import STORE_FILE, Collection
+from service.vectors.datalock import DataDirBusy, DataDirLock
+from service.vectors.index import set_faiss_threads
+from service.vectors.manager import CollectionManager
+from service.vectors.store import ItemStore
+from service.vectors.validation import (
     prepare_vector,
     validate_collection_name,
     validate_item_id,
     validate_metadata,
 )
-from service.vectors.datalock import DataDirBusy, DataDirLock
-from service.vectors.index import set_faiss_threads
-from service.vectors.store import ItemStore
 
 logger = logging.getLogger(__name__)
 

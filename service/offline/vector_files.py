@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from service.durable import fsync_dir
 from service.inference.pooling import VECTOR_POOLINGS, VectorPooling, pooled_dim
-from service.vectors.index import fsync_dir
 
 FORMAT = "cpc-embed-vectors-1"
 SUFFIX = ".npz"

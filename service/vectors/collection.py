@@ -20,19 +20,13 @@ A collection's pooling (`mean`, `last` or `stats`, fixed at creation and
 kept in its store, see `service.vectors.store`) is how inputs embedded for it pool
 their steps; its dim follows from it and the model's width.
 
-Layout: `<data_dir>/collections/<name>/{items.sqlite3, index.faiss}`.
+`service.vectors.manager` holds every collection of a data folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import shutil
 import threading
-import unicodedata
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,119 +35,25 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import Conflict, InvalidInput, NotFound, TooLarge
-from service.inference.pooling import VECTOR_POOLINGS, VectorPooling, pooled_dim
+from service.errors import InvalidInput, NotFound
 from service.vectors.index import (
-    INDEX_KINDS,
     SnapshotError,
     VectorIndex,
-    fsync_dir,
     load_index,
     make_index,
 )
-from service.vectors.store import CollectionInfo, Item, ItemStore, Original, dump_metadata
+from service.vectors.store import Item, ItemStore, Original
+from service.vectors.validation import (
+    prepare_vector,
+    validate_filter,
+    validate_item_id,
+    validate_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 STORE_FILE = "items.sqlite3"
 INDEX_FILE = "index.faiss"
-MAX_ID_CHARS = 256
-
-# --- validation ------------------------------------------------------------------------------
-
-
-def validate_collection_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidInput(
-            f"invalid collection name {name!r}: use 1 to 64 lowercase letters, digits, "
-            "'_' or '-', starting with a letter or digit"
-        )
-    return name
-
-
-def validate_item_id(item_id: object) -> str:
-    if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ID_CHARS:
-        raise InvalidInput(f"an item id must be a string of 1 to {MAX_ID_CHARS} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in item_id):
-        raise InvalidInput(f"item id {item_id!r} contains a control character or lone surrogate")
-    return item_id
-
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def check_integers(value: object, what: str) -> None:
-    """InvalidInput if `value` (JSON, any depth) holds an integer outside the 64-bit range,
-    which JSON readers (and this service's own encoder) cannot round-trip."""
-    stack = [value]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, int) and not isinstance(current, bool):
-            if not INT64_MIN <= current <= INT64_MAX:
-                raise InvalidInput(
-                    f"{what} holds an integer outside the 64-bit range (-2**63 to 2**63-1); "
-                    "send it as a string or a float"
-                )
-        elif isinstance(current, Mapping):
-            stack.extend(current.values())
-        elif isinstance(current, list | tuple):
-            stack.extend(current)
-
-
-def validate_metadata(metadata: object, max_bytes: int) -> dict[str, Any]:
-    """The metadata as a dict (None gives {}); it must be a JSON object of at most `max_bytes`."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping):
-        raise InvalidInput(f"metadata must be a JSON object, not {type(metadata).__name__}")
-    if not all(isinstance(key, str) for key in metadata):
-        raise InvalidInput("metadata keys must be strings")
-    out = dict(metadata)
-    check_integers(out, "metadata")
-    size = len(dump_metadata(out).encode())
-    if size > max_bytes:
-        raise TooLarge(f"metadata is {size} bytes as JSON; the limit is {max_bytes}")
-    return out
-
-
-def validate_filter(where: object) -> dict[str, Any] | None:
-    """A filter as a dict, or None for no filter (an empty object filters nothing out)."""
-    if where is None:
-        return None
-    if not isinstance(where, Mapping) or not all(isinstance(key, str) for key in where):
-        raise InvalidInput("filter must be a JSON object of metadata keys and values")
-    out = dict(where)
-    try:
-        json.dumps(out, allow_nan=False)  # no JSON value equals NaN or infinity
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"filter holds a value that is not valid JSON ({exc})") from None
-    check_integers(out, "filter")
-    return out or None
-
-
-def prepare_vector(vector: object, dim: int, collection: str) -> np.ndarray:
-    """A finite, non-zero vector of `dim` numbers, L2-normalised, as float32."""
-    if isinstance(vector, np.ndarray):
-        if vector.dtype.kind not in "fiu":
-            raise InvalidInput(f"vector must hold numbers, not {vector.dtype}")
-    elif not isinstance(vector, Sequence) or not all(
-        isinstance(x, int | float) and not isinstance(x, bool) for x in vector
-    ):
-        raise InvalidInput("vector must be a list of numbers")
-    arr = np.asarray(vector, dtype=np.float64)
-    if arr.ndim != 1 or arr.size == 0:
-        raise InvalidInput("vector must be a non-empty flat list of numbers")
-    if arr.size != dim:
-        raise Conflict(f"vector has {arr.size} values, collection '{collection}' has dim {dim}")
-    if not np.all(np.isfinite(arr)):
-        raise InvalidInput("vector holds NaN or infinite values")
-    scale = np.max(np.abs(arr))
-    if scale == 0:
-        raise InvalidInput("vector is all zeros, so it has no direction to compare")
-    arr = arr / scale
-    return (arr / np.linalg.norm(arr)).astype(np.float32)
-
 
 # --- locking ---------------------------------------------------------------------------------
 
@@ -467,160 +367,3 @@ class Collection:
             for s, score in zip(seqs.tolist(), scores.tolist(), strict=True)
             if s in items
         ]
-
-
-# --- all collections -------------------------------------------------------------------------
-
-
-class CollectionManager:
-    """Every collection under `<data_dir>/collections`. Thread-safe."""
-
-    def __init__(
-        self,
-        data_dir: Path | str,
-        *,
-        max_metadata_bytes: int = 65536,
-        snapshot_every: int = 5000,
-        index_params: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        self.root = Path(data_dir) / "collections"
-        self.max_metadata_bytes = max_metadata_bytes
-        self.snapshot_every = snapshot_every
-        self.index_params = dict(index_params or {})
-        self._lock = threading.RLock()
-        self._collections: dict[str, Collection] = {}
-
-    def _open(self, folder: Path) -> Collection:
-        return Collection.open(
-            folder,
-            self.index_params,
-            max_metadata_bytes=self.max_metadata_bytes,
-            snapshot_every=self.snapshot_every,
-        )
-
-    def open_all(self) -> None:
-        """Open every collection on disk; leftovers of interrupted creates/deletes are removed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            for folder in sorted(self.root.iterdir()):
-                if folder.is_dir() and folder.name.startswith((".new-", ".deleted-")):
-                    logger.info("removing leftover %s", folder)
-                    shutil.rmtree(folder, ignore_errors=True)
-                elif folder.name in self._collections:
-                    continue
-                elif NAME_RE.fullmatch(folder.name) and (folder / STORE_FILE).is_file():
-                    coll = self._open(folder)
-                    self._collections[folder.name] = coll
-                    logger.info("opened collection '%s' (%d items)", folder.name, coll.count())
-                else:
-                    logger.warning("ignoring %s: not a collection folder", folder)
-
-    def create(
-        self,
-        name: str,
-        model: str,
-        dim: int,
-        index: str = "flat",
-        pooling: VectorPooling = "mean",
-    ) -> Collection:
-        """A new empty collection of `dim`-value vectors pooled with `pooling`; Conflict if
-        the name is taken."""
-        validate_collection_name(name)
-        if index not in INDEX_KINDS:
-            raise InvalidInput(f"unknown index '{index}'; choose one of {', '.join(INDEX_KINDS)}")
-        if pooling not in VECTOR_POOLINGS:
-            raise InvalidInput(
-                f"unknown pooling {pooling!r} for a collection; choose one of "
-                f"{', '.join(VECTOR_POOLINGS)}"
-            )
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise InvalidInput(f"dim must be a positive whole number, not {dim!r}")
-        if not isinstance(model, str) or not model:
-            raise InvalidInput("a collection needs the name of its model")
-        with self._lock:
-            final = self.root / name
-            if name in self._collections or final.exists():
-                raise Conflict(f"collection '{name}' already exists")
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self.root / f".new-{name}-{uuid.uuid4().hex}"
-            tmp.mkdir()
-            try:
-                info = CollectionInfo(name, model, dim, index, pooling)
-                ItemStore.create(tmp / STORE_FILE, info).close()
-                fsync_dir(tmp)
-                os.rename(tmp, final)
-                fsync_dir(self.root)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            coll = self._open(final)
-            self._collections[name] = coll
-            logger.info(
-                "created collection '%s' (model %s, %s pooling, dim %d, %s)",
-                name,
-                model,
-                pooling,
-                dim,
-                index,
-            )
-            return coll
-
-    def get(self, name: str) -> Collection:
-        with self._lock:
-            coll = self._collections.get(name)
-        if coll is None:
-            raise NotFound(f"no collection named '{name}'")
-        return coll
-
-    def delete(self, name: str) -> None:
-        """Close the collection and remove its folder; NotFound if there is none."""
-        with self._lock:
-            coll = self._collections.pop(name, None)
-        if coll is None:
-            raise NotFound(f"no collection named '{name}'")
-        coll.close(snapshot=False)  # waits for its running writes and searches
-        with self._lock:
-            doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
-            os.rename(coll.folder, doomed)
-            fsync_dir(self.root)
-        shutil.rmtree(doomed, ignore_errors=True)
-        logger.info("deleted collection '%s'", name)
-
-    def list(self) -> list[Collection]:
-        with self._lock:
-            return [self._collections[name] for name in sorted(self._collections)]
-
-    def ensure(self, name: str, model: str, width: int) -> Collection:
-        """The collection `name` of `model` (context layer `width` values wide), created
-        (flat, mean pooled) if absent; Conflict if it holds other vectors."""
-        with self._lock:
-            coll = self._collections.get(name)
-            if coll is None:
-                return self.create(name, model, width)
-        dim = pooled_dim(width, coll.info.pooling)
-        if coll.info.model != model or coll.dim != dim:
-            raise Conflict(
-                f"collection '{name}' holds model '{coll.info.model}' vectors of dim {coll.dim}, "
-                f"but model '{model}' gives dim {dim} ({coll.info.pooling} pooling); delete the "
-                "collection or rename the model"
-            )
-        return coll
-
-    def snapshot_all(self) -> None:
-        """Save the index snapshot of every collection that changed since its last one."""
-        for coll in self.list():
-            try:
-                coll.snapshot()
-            except Exception:
-                logger.exception("snapshot of collection '%s' failed", coll.name)
-
-    def close_all(self) -> None:
-        """Snapshot and close every collection (on shutdown)."""
-        with self._lock:
-            collections = list(self._collections.values())
-            self._collections.clear()
-        for coll in collections:
-            try:
-                coll.close()
-            except Exception:
-                logger.exception("closing collection '%s' failed", coll.name)

@@ -40,6 +40,8 @@ from typing import Any, Protocol
 import faiss as _faiss
 import numpy as np
 
+from service.durable import fsync_dir
+
 # faiss's bundled type stubs describe the raw SWIG signatures, not the numpy-friendly
 # wrappers (`search(x, k, params=...)`, `remove_ids(array)`), so it is typed as Any here.
 faiss: Any = _faiss
@@ -185,15 +187,6 @@ class _FaissIndex:
         os.replace(tmp, path)
         fsync_dir(path.parent)
         logger.info("index snapshot %s: %d vectors at version %d", path, self.ntotal, version)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in `folder` durable (fsync the directory)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_snapshot(path: Path) -> tuple[dict[str, Any], np.ndarray]:

@@ -35,16 +35,16 @@ from service.inference.inputs import ApiInput, PlainText, to_raw
 from service.inference.pipeline import embed_inputs
 from service.inference.registry import ModelRegistry, ServedModel
 from service.metrics import Metrics
-from service.vectors.collection import (
-    Collection,
-    CollectionManager,
+from service.vectors.collection import Collection
+from service.vectors.manager import CollectionManager
+from service.vectors.originals import OriginalLimits, make_original
+from service.vectors.store import Original
+from service.vectors.validation import (
     prepare_vector,
     validate_collection_name,
     validate_item_id,
     validate_metadata,
 )
-from service.vectors.originals import OriginalLimits, make_original
-from service.vectors.store import Original
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.config import Settings
-from service.vectors.collection import CollectionManager
+from service.vectors.manager import CollectionManager
 from tests.service.conftest import (
     TEXTS,
     MakeClient,

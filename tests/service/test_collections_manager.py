@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge
-from service.vectors.collection import INDEX_FILE, CollectionManager
+from service.vectors.collection import INDEX_FILE
+from service.vectors.manager import CollectionManager
 
 DIM = 16
 

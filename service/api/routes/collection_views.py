@@ -25,13 +25,13 @@ from fastapi.responses import Response
 
 from service.api.collection_schemas import CollectionMap
 from service.api.deps import CollectionsDep, SettingsDep
-from service.api.routes import collections as _collections  # noqa: F401 (registers "anypath")
+from service.api.routes import paths  # noqa: F401 (registers {x:anypath})
 from service.api.schemas import OrjsonResponse, schema_error
 from service.errors import InvalidInput
 from service.inference.wire import from_base64
-from service.vectors.collection import prepare_vector, validate_item_id
 from service.vectors.map import pca_2d
 from service.vectors.operations import check_vector_length, get_collection
+from service.vectors.validation import prepare_vector, validate_item_id
 
 router = APIRouter(tags=["collections"])
 

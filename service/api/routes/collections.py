@@ -20,7 +20,6 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.bodies import (
     FormBody,
@@ -39,11 +38,11 @@ from service.api.collection_schemas import (
     UpsertResponse,
 )
 from service.api.deps import CollectionsDep, MetricsDep, RegistryDep, SettingsDep
+from service.api.routes import paths  # noqa: F401 (registers {x:anypath})
 from service.api.schemas import OrjsonResponse, schema_error
 from service.config import Settings
 from service.errors import InvalidInput, NotFound
 from service.inference.pooling import pooled_dim
-from service.vectors.collection import validate_item_id
 from service.vectors.operations import (
     NewItem,
     check_collection_name,
@@ -54,22 +53,7 @@ from service.vectors.operations import (
     refresh_count,
     write_items,
 )
-
-
-class AnyPathConvertor(Convertor[str]):
-    """Like starlette's "path", but a line break matches too (to be refused with a 400), and
-    it is never empty (so "/collections/" still redirects to "/collections")."""
-
-    regex = r"[\s\S]+"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("anypath", AnyPathConvertor())
+from service.vectors.validation import validate_item_id
 
 router = APIRouter(tags=["collections"])
 

@@ -33,8 +33,8 @@ from service.api.deps import CollectionsDep, RegistryDep, SettingsDep
 from service.api.schemas import OrjsonResponse, parse_model, schema_error
 from service.config import Settings
 from service.inference.inputs import ApiInput
-from service.vectors.collection import validate_filter
 from service.vectors.operations import get_collection, query_vector
+from service.vectors.validation import validate_filter
 
 router = APIRouter(tags=["search"])
 

@@ -1,0 +1,182 @@
+"""Every collection of a data folder: open them all, create, find and delete one.
+
+Creating and deleting are atomic on disk: a new collection is built in a
+hidden folder and renamed into place; a deleted one is renamed away before it
+is removed, so a crash leaves either the whole collection or none of it.
+Layout: `<data_dir>/collections/<name>/{items.sqlite3, index.faiss}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from service.durable import fsync_dir
+from service.errors import Conflict, InvalidInput, NotFound
+from service.inference.pooling import VECTOR_POOLINGS, VectorPooling, pooled_dim
+from service.vectors.collection import STORE_FILE, Collection
+from service.vectors.index import INDEX_KINDS
+from service.vectors.store import CollectionInfo, ItemStore
+from service.vectors.validation import NAME_RE, validate_collection_name
+
+logger = logging.getLogger(__name__)
+
+
+class CollectionManager:
+    """Every collection under `<data_dir>/collections`. Thread-safe."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        max_metadata_bytes: int = 65536,
+        snapshot_every: int = 5000,
+        index_params: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.root = Path(data_dir) / "collections"
+        self.max_metadata_bytes = max_metadata_bytes
+        self.snapshot_every = snapshot_every
+        self.index_params = dict(index_params or {})
+        self._lock = threading.RLock()
+        self._collections: dict[str, Collection] = {}
+
+    def _open(self, folder: Path) -> Collection:
+        return Collection.open(
+            folder,
+            self.index_params,
+            max_metadata_bytes=self.max_metadata_bytes,
+            snapshot_every=self.snapshot_every,
+        )
+
+    def open_all(self) -> None:
+        """Open every collection on disk; leftovers of interrupted creates/deletes are removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            for folder in sorted(self.root.iterdir()):
+                if folder.is_dir() and folder.name.startswith((".new-", ".deleted-")):
+                    logger.info("removing leftover %s", folder)
+                    shutil.rmtree(folder, ignore_errors=True)
+                elif folder.name in self._collections:
+                    continue
+                elif NAME_RE.fullmatch(folder.name) and (folder / STORE_FILE).is_file():
+                    coll = self._open(folder)
+                    self._collections[folder.name] = coll
+                    logger.info("opened collection '%s' (%d items)", folder.name, coll.count())
+                else:
+                    logger.warning("ignoring %s: not a collection folder", folder)
+
+    def create(
+        self,
+        name: str,
+        model: str,
+        dim: int,
+        index: str = "flat",
+        pooling: VectorPooling = "mean",
+    ) -> Collection:
+        """A new empty collection of `dim`-value vectors pooled with `pooling`; Conflict if
+        the name is taken."""
+        validate_collection_name(name)
+        if index not in INDEX_KINDS:
+            raise InvalidInput(f"unknown index '{index}'; choose one of {', '.join(INDEX_KINDS)}")
+        if pooling not in VECTOR_POOLINGS:
+            raise InvalidInput(
+                f"unknown pooling {pooling!r} for a collection; choose one of "
+                f"{', '.join(VECTOR_POOLINGS)}"
+            )
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise InvalidInput(f"dim must be a positive whole number, not {dim!r}")
+        if not isinstance(model, str) or not model:
+            raise InvalidInput("a collection needs the name of its model")
+        with self._lock:
+            final = self.root / name
+            if name in self._collections or final.exists():
+                raise Conflict(f"collection '{name}' already exists")
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.root / f".new-{name}-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            try:
+                info = CollectionInfo(name, model, dim, index, pooling)
+                ItemStore.create(tmp / STORE_FILE, info).close()
+                fsync_dir(tmp)
+                os.rename(tmp, final)
+                fsync_dir(self.root)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            coll = self._open(final)
+            self._collections[name] = coll
+            logger.info(
+                "created collection '%s' (model %s, %s pooling, dim %d, %s)",
+                name,
+                model,
+                pooling,
+                dim,
+                index,
+            )
+            return coll
+
+    def get(self, name: str) -> Collection:
+        with self._lock:
+            coll = self._collections.get(name)
+        if coll is None:
+            raise NotFound(f"no collection named '{name}'")
+        return coll
+
+    def delete(self, name: str) -> None:
+        """Close the collection and remove its folder; NotFound if there is none."""
+        with self._lock:
+            coll = self._collections.pop(name, None)
+        if coll is None:
+            raise NotFound(f"no collection named '{name}'")
+        coll.close(snapshot=False)  # waits for its running writes and searches
+        with self._lock:
+            doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
+            os.rename(coll.folder, doomed)
+            fsync_dir(self.root)
+        shutil.rmtree(doomed, ignore_errors=True)
+        logger.info("deleted collection '%s'", name)
+
+    def list(self) -> list[Collection]:
+        with self._lock:
+            return [self._collections[name] for name in sorted(self._collections)]
+
+    def ensure(self, name: str, model: str, width: int) -> Collection:
+        """The collection `name` of `model` (context layer `width` values wide), created
+        (flat, mean pooled) if absent; Conflict if it holds other vectors."""
+        with self._lock:
+            coll = self._collections.get(name)
+            if coll is None:
+                return self.create(name, model, width)
+        dim = pooled_dim(width, coll.info.pooling)
+        if coll.info.model != model or coll.dim != dim:
+            raise Conflict(
+                f"collection '{name}' holds model '{coll.info.model}' vectors of dim {coll.dim}, "
+                f"but model '{model}' gives dim {dim} ({coll.info.pooling} pooling); delete the "
+                "collection or rename the model"
+            )
+        return coll
+
+    def snapshot_all(self) -> None:
+        """Save the index snapshot of every collection that changed since its last one."""
+        for coll in self.list():
+            try:
+                coll.snapshot()
+            except Exception:
+                logger.exception("snapshot of collection '%s' failed", coll.name)
+
+    def close_all(self) -> None:
+        """Snapshot and close every collection (on shutdown)."""
+        with self._lock:
+            collections = list(self._collections.values())
+            self._collections.clear()
+        for coll in collections:
+            try:
+                coll.close()
+            except Exception:
+                logger.exception("closing collection '%s' failed", coll.name)
