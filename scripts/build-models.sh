@@ -5,7 +5,7 @@
 # built-in one, exports with an int8 copy, and evaluates each bundle on every
 # corpus of its modality: the first goes to models/<m>/eval.json and
 # bundle.json, the others to models/<m>/eval-<corpus>/.
-# Needs the Debian packages that `.ci/run` and the README list. Takes about two
+# Needs the Debian packages that `.ci/run` and docs/training.md list. Takes about two
 # hours on 2 CPU cores; steps can be lowered for a quick run, e.g.
 # AUDIO_STEPS=200 IMAGE_STEPS=200 TEXT_STEPS=200 make models.
 set -euo pipefail

@@ -241,7 +241,11 @@ def test_compose_file() -> None:
     assert "cpc-data:/data" in api["volumes"] and "./models:/models:ro" in api["volumes"]
     assert "/health" in " ".join(api["healthcheck"]["test"])
     assert api["restart"] == "unless-stopped"
-    assert "CPC_API_KEY" in api["environment"]
+    # Every setting passes through, but the two folders the image fixes (/models, /data).
+    from service.config import Settings
+
+    settings = {f"CPC_{name.upper()}" for name in Settings.model_fields}
+    assert set(api["environment"]) == settings - {"CPC_MODELS_DIR", "CPC_DATA_DIR"}
     assert "cpc-data" in compose["volumes"]
     train = compose["services"]["train"]
     assert train["profiles"] == ["train"] and train["build"]["target"] == "train"
