@@ -1,16 +1,11 @@
 """The `cpc-embed` command line.
 
-`serve`, `index` and `embed-folder` live in the service; `data`, `train`, `export` and `eval`
-live in the training package and are imported only when called, so a serving
-install never loads torch. Without torch those subcommands say how to install
-it, in one line, and exit 2.
-
-`serve` configures logging first (CPC_LOG_FORMAT, see `service.logging_setup`)
-and runs uvicorn without its own logging setup or access log. A SIGTERM
-drains and exits 0: uvicorn finishes the requests in flight (for at most
-CPC_REQUEST_TIMEOUT_S and a few seconds more), the lifespan closes the
-collections, and the signal uvicorn passes on afterwards ends the process
-with status 0 (SIGINT: 130) instead of killing it.
+`serve`, `index` and `embed-folder` live in the service; `data`, `train`, `export`, `quantize`
+and `eval` live in the training package and are imported only when called, so a serving
+install never loads torch; without torch they say how to install it and exit 2.
+`serve` configures logging first (`service.logging_setup`) and runs uvicorn without its own
+logging setup or access log; a SIGTERM drains and exits 0 (SIGINT: 130), as
+docs/architecture.md (Serving) describes.
 """
 
 from __future__ import annotations

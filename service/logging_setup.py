@@ -1,19 +1,10 @@
 """Logging of `cpc-embed serve`: one JSON object per line (or plain text), with request ids.
 
 `configure_logging` gives the root logger one stderr handler and routes
-uvicorn's own loggers through it (their handlers removed, so no line is
-written twice); uvicorn's access log is off, because `service.api.middleware.request_log`
-writes one richer access line per request. CPC_LOG_FORMAT picks the format:
-
-- `json` (default): `{"ts", "level", "logger", "message", "request_id"?, ...}`
-  plus the record's `fields` (a dict passed as `extra={"fields": {...}}`) and
-  `error` (the stack trace) when there is one. JSON escaping keeps a hostile
-  value from forging a line.
-- `text`: `ts LEVEL logger: message [request_id=...] key=value ...`.
-
-The request id of the request being served lives in the `REQUEST_ID`
+uvicorn's own loggers through it; CPC_LOG_FORMAT picks `json` (the default) or
+`text`. The request id of the request being served lives in the `REQUEST_ID`
 context variable, so every line logged while serving it carries it, worker
-threads included (asyncio.to_thread copies the context).
+threads included. The line formats: docs/architecture.md (Logging).
 """
 
 from __future__ import annotations

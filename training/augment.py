@@ -1,16 +1,9 @@
 """Time-domain augmentation of audio training crops (after Kharitonov et al. 2020).
 
-Each crop of a batch gets every chosen effect with probability `AUGMENT_P`,
-drawn from the dataset's generator (so a resumed run draws the same ones):
-
-- `gain`: a level change of up to ±6 dB;
-- `noise`: white noise at a signal-to-noise ratio of 5 to 30 dB;
-- `bandreject`: one band of the spectrum (10-30% of it, anywhere) removed;
-- `reverb`: the crop convolved with a synthetic room (an exponentially
-  decaying noise tail, RT60 0.1-0.5 s) and mixed with the dry signal.
-
-Pitch and speed are left out on purpose: they change who seems to speak, and
-speaker identity is what the default audio model is judged on.
+Each crop of a batch gets every chosen effect (`gain`, `noise`, `bandreject`,
+`reverb`) with probability `AUGMENT_P`, drawn from the dataset's generator (so
+a resumed run draws the same ones). Pitch and speed are left out on purpose.
+The effects, their ranges and why: docs/training.md (Train on your own files).
 """
 
 from __future__ import annotations

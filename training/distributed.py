@@ -1,20 +1,12 @@
 """Data-parallel training with torch.distributed: ranks, process group, sharding, collectives.
 
-`cpc-embed train` started by torchrun (which sets RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR and MASTER_PORT) joins a process group: NCCL when it
-trains on a GPU, gloo on the CPU. Without torchrun there is one rank and
-nothing here talks to anyone.
-
-How a step is shared: `optim.batch_size` is the *global* batch. Every rank
-draws the same global batch from the shared, identically seeded generator
-and keeps its own contiguous slice (`shard_rows`). That is what a
-DistributedSampler does, with a fresh shuffle every step instead of every
-epoch (crops are drawn with replacement, so there are no epochs), and it
-keeps the generator's state identical on all ranks: a checkpoint resumes
-exactly with any number of processes. Each rank's loss is the mean over its
-own predictions; DistributedDataParallel averages gradients over the ranks
-of equal share, so the update is that of the mean over the global batch,
-the same as one process with the whole batch.
+`cpc-embed train` started by torchrun joins a process group (NCCL when it
+trains on a GPU, gloo on the CPU); without torchrun there is one rank and
+nothing here talks to anyone. `optim.batch_size` is the global batch: every
+rank draws the same global batch from the shared generator and keeps its own
+contiguous slice (`shard_rows`), so R processes update as one process with the
+whole batch, and a checkpoint resumes with any number of them. How and why:
+docs/training.md (torchrun).
 """
 
 from __future__ import annotations

@@ -2,18 +2,11 @@
 
 `create_app(settings)` builds the FastAPI app: exception handlers, the routers
 of `service.api.routes.ROUTERS`, and the middleware (outermost first): request
-log (request id, access line, last-resort 500), metrics, CORS (when origins
-are set), API keys (when a key is set), request timeout, body limit. The
-lifespan loads every bundle of CPC_MODELS_DIR, warms it up, creates
-CPC_DATA_DIR (and takes a shared lock on it, see `service.vectors.datalock`), opens
-every collection and makes sure each bundle has the collection named after
-it, starts the batchers and only then reports ready; a bad bundle stops the
-start with a message naming the file. While it runs, the index snapshots of
-changed collections are written every CPC_SNAPSHOT_INTERVAL_S. Shutdown
-(SIGTERM or SIGINT under uvicorn) marks the app as draining at once, so
-/ready answers 503 while the server finishes the requests in flight; then the
-lifespan stops the batchers and closes the collections (which writes their
-snapshots).
+log, metrics, CORS (when origins are set), API keys (when a key is set),
+request timeout, body limit. The lifespan loads and warms up the bundles,
+takes the data folder's shared lock, opens the collections and starts the
+batchers before /ready turns 200; at shutdown it drains, stops the batchers
+and closes the collections (docs/architecture.md, Serving).
 
 `cpc-embed serve` runs it with uvicorn as the factory "service.api.app:create_app".
 """

@@ -2,17 +2,12 @@
 
 Every route that takes a body reads it through here, so that each one
 answers the same way to a body that lies about what it is:
-- JSON is taken under `application/json`, any `+json` type, or no
-  Content-Type at all; it is parsed by pydantic (whose parser refuses nesting
-  deeper than a few hundred levels instead of overflowing the stack), and a
-  mismatch is 422;
-- forms are `multipart/form-data` or `application/x-www-form-urlencoded`; a
-  multipart body without a boundary, or one that cannot be parsed, is 400
-  saying so, and a urlencoded "form" that is really JSON is 415 with the
-  Content-Type to use;
-- anything else is 415 naming what the route takes;
-- a JSON value inside a form field (metadata, filter) is parsed the same way
-  as a JSON body, so deep nesting is a 422 there too.
+- JSON (`application/json`, any `+json` type, or no Content-Type) is parsed by
+  pydantic, which refuses deep nesting; a mismatch is 422, and so is bad or
+  too deep JSON inside a form field (metadata, filter);
+- a multipart body without a boundary, or one that cannot be parsed, is 400;
+  a urlencoded "form" that is really JSON is 415 naming the Content-Type to use;
+- anything else is 415 naming what the route takes.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Exception handlers: the one place where errors become HTTP responses.
 
-Every error body is `{"detail": "<what was wrong, for a person>"}`:
-- a domain error (`service.errors.CPCError`) gets its own status code;
-- a request that does not match the schema gets 422 with the problems
-  spelled out in one sentence (and, for programs, an `errors` list);
-- a client that hangs up before its body is complete gets a 400 nobody reads
-  (logged at info, not as an error);
-- anything else is a bug: 500 `{"detail": "internal error"}`, with the stack
-  trace in the log (once: `service.api.middleware.request_log` answers it before the server
-  would log it again) and never in the response.
-Under /v1/ (the OpenAI-compatible routes) the body also carries OpenAI's
-`{"error": {"message", "type", "code"}}`, so OpenAI clients show the message.
+Every error body is `{"detail": "<what was wrong, for a person>"}`: a domain
+error (`service.errors.CPCError`) gets its own status code, a request that does
+not match the schema 422 (with an `errors` list), and anything else is a bug:
+500 with the stack trace in the log, never in the response. Under /v1/ the body
+also carries OpenAI's `{"error": {...}}`. The full rules: docs/architecture.md.
 """
 
 from __future__ import annotations

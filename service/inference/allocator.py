@@ -1,16 +1,10 @@
 """Hand freed memory back to the operating system (glibc), so the resident size follows the load.
 
-A service that sees a rare large batch (minutes of audio, many images) frees
-its buffers afterwards, but glibc keeps freed heap memory for reuse: with its
-default dynamic mmap threshold, buffers of up to 32 MiB come from the heap
-after the first large free, and one thread arena per worker thread scatters
-them. The resident size then stays at the high-water mark. Two remedies,
-both no-ops where the C library is not glibc:
-
-- `tune_allocator` (at startup): a fixed mmap threshold, so large buffers are
-  mapped and unmapped on their own, and at most `ARENAS` malloc arenas;
-- `release_free_memory` (when a model's queue runs empty): `malloc_trim(0)`,
-  which returns the free pages of every arena.
+glibc keeps freed heap memory for reuse, so after a rare large batch the
+resident size would stay at its peak (why: docs/architecture.md, Serving).
+`tune_allocator` (at startup) sets a fixed mmap threshold and at most `ARENAS`
+malloc arenas; `release_free_memory` (when a model's queue has run empty)
+calls `malloc_trim(0)`. Both are no-ops where the C library is not glibc.
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
 """Dynamic batching of concurrent requests for one model.
 
 Callers `submit` prepared inputs and await their results. The queue is bounded
-in inputs (`max_queue`): a request whose inputs do not all fit is refused at
-once with 429, never partly queued. One worker task per model takes up to
-`max_batch` inputs: all those queued when it is free (continuous batching:
-while one batch runs the next one gathers, so batches grow with the load and
-a lone request never waits), plus, if `wait_ms` > 0, those arriving within
-`wait_ms` of the first. It sorts them by shape (so padding is small), runs the blocking
-onnxruntime call in a worker thread and resolves each caller's future.
-Inputs whose caller has gone away (cancelled) are skipped. A batch of long
-inputs (minutes of audio) is split so that one call never pads more than
-`MAX_BATCH_ELEMENTS` input values, which bounds the memory of a call. With
-`release_memory`, the worker shrinks the model's arena and hands freed memory
-back to the system once its queue has been empty for `RELEASE_AFTER_IDLE_S`,
-so a rare large batch does not keep the resident size at its peak.
+in inputs (`max_queue`): a request whose inputs do not all fit gets 429. One
+worker task per model takes up to `max_batch` queued inputs whenever it is free
+(plus, with `wait_ms`, those arriving within `wait_ms` of the first), skips
+those whose caller has gone, sorts them by shape, splits them so that a call
+pads at most `MAX_BATCH_ELEMENTS` values, and runs onnxruntime in a worker
+thread. With `release_memory` it hands memory back once idle for
+`RELEASE_AFTER_IDLE_S`. The design: docs/architecture.md (Serving).
 """
 
 from __future__ import annotations

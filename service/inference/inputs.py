@@ -1,16 +1,13 @@
 """API inputs to raw model inputs: base64 and data URIs to bytes, strings to text.
 
-An input reaches the service in one of three forms:
-- `str` from a JSON body: plain text for a text model; for an audio or image
-  model, the file's bytes in base64 or a data URI (`data:audio/wav;base64,...`);
-- `PlainText` (a `str` subclass): known to be text, e.g. a multipart `text` part;
-- `bytes`: a file, e.g. a multipart `file` part.
-
-`to_raw` turns one of them into what `OnnxEncoder.prepare` takes (bytes for
-audio and images, str for text). Bytes recognised as another modality than
-the model's are refused with 415 naming both; undecodable base64 with 400.
-`infer_modality` guesses the modality of a request that names no model;
-`form_inputs` reads the `file` and `text` parts of a multipart body.
+An input is a `str` from a JSON body (plain text for a text model; for an
+audio or image model, the file's bytes in base64 or a data URI such as
+`data:audio/wav;base64,...`), a `PlainText` (known to be text, e.g. a
+multipart `text` part) or `bytes` (a file, e.g. a multipart `file` part).
+`to_raw` turns one into what `OnnxEncoder.prepare` takes: bytes recognised as
+another modality than the model's are refused with 415 naming both,
+undecodable base64 with 400. `infer_modality` guesses the modality of a
+request that names no model.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The encode pipeline every route shares: resolve model → inputs → prepare → batch → pool.
 
 `embed_inputs` is the one way the service turns API inputs into vectors, so
-/embed, /v1/embeddings and (next) collection upserts and /search all batch
-together through each model's `DynamicBatcher`. Decoding and preprocessing
-run in a worker thread; inference runs in the batcher's.
+/embed, /v1/embeddings, collection upserts and /search all batch together
+through each model's `DynamicBatcher`. Decoding and preprocessing run in a
+worker thread; inference runs in the batcher's.
 """
 
 from __future__ import annotations

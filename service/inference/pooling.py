@@ -1,4 +1,4 @@
-"""Pooling, normalisation and the base64 wire format of vectors.
+"""Pooling and L2 normalisation of a model's per-step vectors.
 
 `pool` reduces the per-step vectors of one input ([steps, D], its valid steps
 only) to what a client asked for: their mean; the last one (c_t at the end sees

@@ -1,25 +1,12 @@
 """`cpc-embed embed-folder BUNDLE DIR --out FILE.npz`: embed a whole folder offline.
 
 No server and no HTTP: the bundle is loaded in this process with
-onnxruntime, files are decoded by a pool of threads while the previous
-batch runs (`service.offline.pipeline.FilePipeline`), and the vectors go to a `.npz`
-file with their ids (`service.offline.vector_files`). Resumable: results are saved in
-atomic shards as the run goes, and a rerun skips every file already done.
-`cpc-embed index COLLECTION --vectors FILE.npz` loads the result into a
-collection.
-
-- BUNDLE is a bundle folder (with bundle.json) or the name of one in
-  `--models-dir` (default CPC_MODELS_DIR).
-- Ids are the files' paths relative to DIR with '/' separators, as `cpc-embed
-  index` names them; hidden files, DIR/manifest.csv and the output itself are
-  left out.
-- Every vector pools the context vectors c_t over the file's valid steps
-  (`--pooling`: mean by default; last; or stats, mean ⊕ standard deviation,
-  2·D values), L2-normalised: what `/embed` returns for the file with that
-  pooling.
-- Files that cannot be read or decoded (or are of another modality) are
-  counted, logged (the first few) and listed in the output; a rerun retries
-  them.
+onnxruntime, files go through `service.offline.pipeline.FilePipeline`, and the
+vectors go to a `.npz` file with their ids (`service.offline.vector_files`).
+Resumable: results are saved in atomic shards as the run goes, and a rerun
+skips every file already done. `cpc-embed index COLLECTION --vectors FILE.npz`
+loads the result into a collection. Bundles, ids, pooling and failures:
+docs/api.md (cpc-embed embed-folder).
 """
 
 from __future__ import annotations

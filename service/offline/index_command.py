@@ -1,39 +1,12 @@
 """`cpc-embed index COLLECTION --data DIR` (or `--vectors FILE.npz`): bulk-load a collection.
 
-It runs in-process, without a server and without torch: the bundle is loaded
-with `OnnxEncoder` and every file goes through the service's own encode steps
-(`service.offline.pipeline.FilePipeline`: `to_raw` → `prepare` in decoding threads → `run`
-→ the collection's pooling of the context layer → L2 normalisation), so an
-item's vector is what the collection's upserts make of the file. Items are written through
-`Collection.upsert`, one fsynced transaction per batch, so a run that is
-interrupted loses at most the batch in progress.
-
-With `--vectors FILE.npz`, the vectors come from `cpc-embed embed-folder`
-instead (same ids, same vectors): nothing is embedded, the file's model must
-be a bundle of the models folder, and an existing collection must hold that
-model with the file's pooling. Metadata then comes from `--metadata CSV` only.
-
-- Ids are the files' paths relative to DIR, with '/' separators. Hidden files
-  and folders, the metadata CSV and DIR/manifest.csv are not indexed.
-- The collection is created when missing (flat unless `--index ivf`), for the
-  model named by `--model`, else for the default bundle of the modality most
-  of the files have (the bundle named after the modality, else the first of
-  that modality by name), pooled with `--pooling` (default: mean, or the
-  pooling of `--vectors`). An existing collection keeps its own model and
-  pooling; a `--pooling` that differs is refused.
-- Metadata comes from `--metadata CSV`, else DIR/manifest.csv when present: a
-  `path` (or `id`) column names the file, relative to DIR; every other
-  non-empty cell becomes a metadata string.
-- Resumable: files whose id is stored already are skipped, so a rerun after
-  an interruption (or after adding files) embeds only what is missing.
-  Files that cannot be read or decoded, or are of another modality, are
-  skipped and counted.
-
-A running server holds a shared lock on the data folder (`service.vectors.datalock`)
-and keeps each index in memory, so it would not see what this writes: the
-command refuses to run while a server uses the data folder, and a server does
-not start while the command runs. With `--force` it writes anyway; restart
-the server afterwards.
+It runs in-process, without a server and without torch: every file goes
+through the service's own encode steps (`service.offline.pipeline.FilePipeline`)
+with the collection's pooling, and items are written through `Collection.upsert`,
+one fsynced transaction per batch. With `--vectors`, the vectors of
+`cpc-embed embed-folder` are loaded instead. It refuses to run while a server
+uses the data folder (`service.vectors.datalock`) unless given `--force`.
+Ids, metadata, the collection it creates and resuming: docs/api.md (cpc-embed index).
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Offline embedding of many files: parallel decoding, batched onnxruntime calls, progress.
 
 `FilePipeline` is what `cpc-embed index` and `cpc-embed embed-folder` share:
-files are read and prepared (decoded, preprocessed: `to_raw` →
-`OnnxEncoder.prepare`, the service's own steps) in a pool of threads while the
-previous batch runs through onnxruntime; every vector pools the context
-layer over its valid steps (`pooling`: mean by default, or last or stats, see
-`service.inference.pooling`), L2-normalised, so it equals what `/embed` returns for the
-file with that pooling. Decoders (libsndfile, soxr,
-Pillow) and onnxruntime release the GIL, so threads overlap them without
-copying arrays between processes. Files are taken in order of size, so the
-inputs of one call have similar lengths and little padding: on the speech
-corpus, batches of 32 clips in name order computed 1.5 times the samples they
-held, in size order 1.08 times.
+a pool of threads reads and prepares files (`to_raw` → `OnnxEncoder.prepare`)
+in order of size while the previous batch runs through onnxruntime, and every
+vector pools the context layer over its valid steps (`pooling`), L2-normalised,
+as `/embed` returns it. Why threads and size order: docs/architecture.md
+(Offline embedding).
 
 `Progress` prints a one-line bar on a terminal (stderr) and a log line every
 few seconds otherwise; it needs no tqdm.

@@ -1,20 +1,11 @@
 """The vectors file of `cpc-embed embed-folder`: one `.npz`, built from crash-safe shards.
 
-The finished file holds, as plain NumPy arrays (no pickles):
-
-- `ids`: unicode [N], the files' paths relative to the folder ('/' separators), sorted;
-- `vectors`: float32 [N, dim], pooled context vectors, L2-normalised (`meta`'s
-  pooling: mean, last, or stats with dim 2·D);
-- `failed_ids`, `failed_reasons`: unicode [F], the files that could not be embedded;
-- `meta`: a JSON string: format, model, modality, dims, layer, pooling, normalized.
-
-While a run is in progress, results go to shards in a hidden folder beside
-the output (`.NAME.parts/`), each written to a temporary name, fsynced and
-renamed, so a shard is either whole or absent; the shards are the list of
-files done. A rerun (after an interruption, or with files added) skips every
-id that a shard or the previous output already holds, and `finish` merges
-the previous output and the shards into the new output (again written
-aside and renamed) before removing the shards.
+The finished file holds plain NumPy arrays (no pickles): `ids`, `vectors`,
+`failed_ids`, `failed_reasons` and `meta` (a JSON string). While a run is in
+progress, results go to atomic shards in a hidden folder beside the output
+(`.NAME.parts/`), which a rerun skips; `finish` merges the previous output and
+the shards into the new output. The arrays and the shards:
+docs/architecture.md (Offline embedding).
 """
 
 from __future__ import annotations

@@ -2,15 +2,11 @@
 
 Every input, a file on disk or uploaded bytes, becomes a float32 mono waveform
 at the bundle's sample rate the same way: libsndfile (through soundfile)
-decodes WAV, FLAC, OGG/Vorbis and MP3, channels are averaged, and soxr
-resamples ("HQ") when the rates differ.
-
-Length limits are enforced twice: against the length the header claims, before
-any sample is read, and against what is actually decoded, which is read in
-blocks and never past `max_seconds` (plus one frame), so a header that lies
-about its length cannot make the decoder allocate more than the limit allows.
-A WAV whose data chunk claims more bytes than the file holds (a streamed or
-truncated WAV) decodes to the samples that are really there.
+decodes it, channels are averaged, and soxr resamples when the rates differ.
+The length limit is enforced against the header's claim before any sample is
+read, and again while decoding in blocks, so a header that lies cannot make
+the decoder allocate more than the limit allows (docs/architecture.md,
+Decoding inputs).
 """
 
 from __future__ import annotations

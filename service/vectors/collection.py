@@ -1,24 +1,12 @@
 """Collections: a durable `ItemStore` plus the FAISS index derived from it.
 
-Concurrency (per collection): writers are serialised by a mutex, and a
-writer-preferring readers-writer lock keeps searches away from a half-applied
-write. A write takes the mutex, then the lock exclusively for the store
-transaction plus the index mutation (milliseconds); searches share the lock,
-so any number run at once and each sees the state before or after a whole
-batch, never part of it. Slow upkeep (IVF training, snapshots) runs holding
-only the mutex: it reads the live index, which searches may share, and a
-retrained index is swapped in under the exclusive lock.
-
-Durability: a write returns after SQLite has fsynced it (see `service.vectors.store`).
-The index is only a cache of the store: on open, a snapshot is loaded and
-then reconciled with the store by seq (seqs are never reused and name an
-immutable vector, so the index holds exactly the store's seqs afterwards: an
-entry with no row is removed, a row with no entry is added); a snapshot that
-is unreadable or of another kind is ignored and the index rebuilt.
-
-A collection's pooling (`mean`, `last` or `stats`, fixed at creation and
-kept in its store, see `service.vectors.store`) is how inputs embedded for it pool
-their steps; its dim follows from it and the model's width.
+Writers are serialised by a mutex, and a writer-preferring readers-writer lock
+keeps searches away from a half-applied write; slow upkeep (IVF training,
+snapshots) holds only the mutex. The index is only a cache of the store: on
+open, a snapshot is loaded and reconciled with the store by seq, or the index
+is rebuilt. A collection's pooling, fixed at creation and kept in its store, is
+how inputs embedded for it pool their steps. Details: docs/architecture.md
+(Collections).
 
 `service.vectors.manager` holds every collection of a data folder.
 """

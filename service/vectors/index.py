@@ -1,27 +1,13 @@
 """FAISS vector indexes derived from a collection's store, keyed by the store's `seq`.
 
 Vectors are L2-normalised on the way in, so an inner product is a cosine.
-
-- `FlatIndex`: exact search (`IndexIDMap2(IndexFlatIP)`), deletion supported.
-- `IVFIndex`: approximate search that supports deletion. It stays an exact flat
-  index until it holds `39 * nlist` vectors, then `rebuilt()` trains an
-  `IndexIVFFlat` (hashtable direct map, so items can be removed and
-  reconstructed). `nlist` defaults to `4 * sqrt(n)` clamped to [16, 65536];
-  `nprobe` defaults to the smallest value that reaches `target_recall` (0.98,
-  a margin over the 0.95 we promise) for recall@10 against exact search,
-  measured at training time on 256 of the stored vectors used as queries
-  (each query's own item left out), and never less than `min_nprobe` (8,
-  which costs next to nothing: 8 lists are a small fraction of the vectors).
-  It is retrained when the count has grown or shrunk 4x since training.
-
-Filters: `search(..., allowed=seqs)` never loses a match that exists. When
-`allowed` holds at most `exact_subset_max` seqs, their vectors are
-reconstructed and scored exactly; otherwise FAISS searches with an
-`IDSelectorBatch` (faiss checks membership while scanning, which for flat is
-exact), and IVF doubles `nprobe` until it has `min(k, len(allowed))` results.
-
-An index is not locked: many threads may search at once, but a mutation must
-have the index to itself (`service.vectors.collection` guarantees that).
+`FlatIndex` is exact; `IVFIndex` stays an exact flat index until it holds
+`39 * nlist` vectors, then trains an `IndexIVFFlat` that supports deletion,
+with `nlist` and `nprobe` chosen automatically unless given. A filtered
+`search(..., allowed=seqs)` never loses a match that exists. An index is not
+locked: many threads may search at once, but a mutation must have the index to
+itself (`service.vectors.collection` guarantees that). How nlist, nprobe and
+filtered searches work: docs/architecture.md (Collections).
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """What the collection and search routes do, apart from HTTP.
 
-- `open_collections`: at start-up, open every collection on disk and make sure
-  each loaded bundle has the collection named after it.
-- `prepare_items`: validate a whole upsert (ids, metadata, vectors) and embed
-  its inputs through `embed_inputs`, the batching path /embed uses, with the
-  collection's pooling, so that a batch is refused before anything is
-  written; then make what each item keeps as its original (see
-  `service.vectors.originals`) in a worker thread, from the same decoded inputs.
-- `query_vector`: the vector a search looks for (given, or embedded with the
-  collection's pooling).
-- `write_items` / `delete_item`: the blocking, fsynced store writes, run in a
-  worker thread, followed by the cpc_collection_items gauge.
-
-Errors are the domain errors of `service.errors`; an item's error names it
-(`items[3].input: ...`).
+`open_collections` (at start-up), `prepare_items` (validate a whole upsert and
+embed its inputs through `embed_inputs`, the batching path /embed uses, with
+the collection's pooling, and make the originals, before anything is written),
+`query_vector` (the vector a search looks for) and `write_items` /
+`delete_item` (the fsynced store writes, in a worker thread, then the
+cpc_collection_items gauge). Errors are the domain errors of `service.errors`;
+an item's error names it (`items[3].input: ...`).
 """
 
 from __future__ import annotations

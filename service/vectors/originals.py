@@ -1,17 +1,10 @@
 """Originals: a small rendition of what an item was made from, kept so it can be shown.
 
-- image: a JPEG thumbnail whose longest side is at most CPC_THUMBNAIL_PX;
-- audio: the first CPC_ORIGINAL_CLIP_SECONDS, mixed to mono and resampled to
-  16 kHz, as 16-bit PCM WAV (which every browser plays);
-- text: the text itself, as UTF-8.
-
-Each is at most CPC_MAX_ORIGINAL_BYTES: a clip is shortened, a thumbnail
-re-encoded at a lower quality and then smaller, a text cut at a character
-boundary until it fits. The renditions are made by this service from decoded
-samples and pixels, so a stored original is never the client's bytes (it
-cannot be an HTML or script polyglot). An input the service could embed but
-not render (which should not happen) keeps no original, with a warning in
-the log: the original is a convenience, never a reason to refuse an item.
+An image keeps a JPEG thumbnail, audio its first seconds as a 16 kHz WAV, text
+the text itself, each at most CPC_MAX_ORIGINAL_BYTES. They are made from the
+decoded samples and pixels, never the client's bytes, and an input that cannot
+be rendered keeps none (with a warning) rather than being refused. Sizes and
+limits: docs/api.md (Maps and originals), docs/architecture.md (Collections).
 """
 
 from __future__ import annotations

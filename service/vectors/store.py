@@ -1,37 +1,14 @@
 """The durable store of record of one collection: an SQLite file in WAL mode.
 
-Every item is a row `(id, seq, vector, metadata, version, updated_at)`. `seq`
-is the int64 id the FAISS index knows the item by; it comes from a counter
-kept in the `meta` table that only grows, and every write of an item (a new
-one or a replacement) takes a fresh `seq`. A `seq` therefore names one
-immutable vector for ever, which is what lets the index be checked against
-the store by comparing sets of seqs (see `service.vectors.collection`).
-
-Durability: the database runs with `journal_mode=WAL` and `synchronous=FULL`,
-so a write method returns only after its transaction is fsynced; a crash the
-moment after loses nothing. Each write method is one transaction: all of a
-batch lands or none of it does.
-
-Originals: an item may keep a small rendition of what it was made from (an
-image thumbnail, the start of a clip, the text; see `service.vectors.originals`) in
-the `originals` table, keyed by item id. It is written, replaced and deleted
-in the same transaction as its item: an upsert without one drops the old one,
-so an original always shows what the current vector was made from. Store
-files made before the table existed get it (empty) when they are opened.
-
-Pooling: the `meta` table's `pooling` row says how the collection's model
-vectors pool the steps of an input (`mean`, `last` or `stats`; see
-`service.inference.pooling`). A store file without it (made before the row existed) is
-mean pooled. A store that is not mean pooled is written as format 2, so that
-a service from before pooling rows, which embeds every input with mean
-pooling, refuses to open it rather than mixing vectors; mean pooled stores
-stay format 1.
-
-Filters (`filter_seqs`) are metadata equality on top-level keys, with JSON
-semantics: a boolean is never equal to a number (`true` != `1`), numbers
-compare by value (`1` == `1.0`), strings compare exactly, `null` matches only
-a key that is present with the value null, and arrays and objects match by
-deep equality under the same rules. An empty filter matches every item.
+Every item is a row `(id, seq, vector, metadata, version, updated_at)`; `seq`
+comes from a counter in the `meta` table that only grows, so it names one
+immutable vector for ever. Each write method is one fsynced transaction
+(`synchronous=FULL`): all of a batch or none. An item's original lives in the
+`originals` table and is written in the same transaction as the item.
+Pooling: the `meta` table's `pooling` row (none: mean); a store that is not
+mean pooled is format 2. Filters (`filter_seqs`) are metadata equality with
+JSON semantics (docs/api.md, POST /search). The tables and the formats:
+docs/architecture.md (Collections).
 """
 
 from __future__ import annotations

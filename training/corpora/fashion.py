@@ -1,22 +1,14 @@
 """Fashion-MNIST: Zalando's 28x28 grayscale article images in 10 classes, as PNG files.
 
-The data comes from the Debian package `dataset-fashion-mnist` (licence: MIT,
-Zalando SE), which installs the original IDX files, gzipped, under
-`/usr/share/datasets/fashion-mnist/`; nothing is downloaded. The IDX format
-is a big-endian header (magic `0x00 0x00 <type> <ndim>`, then one uint32 per
-dimension) followed by the raw array: images are magic 0x00000803 (uint8,
-N x 28 x 28), labels 0x00000801 (uint8, N).
-
-Layout of `out`:
+The IDX files come from the Debian package `dataset-fashion-mnist` (nothing is
+downloaded) and are read with NumPy. Layout of `out`:
 
     out/manifest.csv                      columns path,label,split,index
     out/<class>/<split>-<index>.png       e.g. out/ankle-boot/train-00000.png
 
-`index` is the image's position in its IDX file. The official split is kept:
-`train` = the 60,000 training images, `test` = the 10,000 test images (they
-are distinct articles), so no image is in both. `per_class` keeps the first
-N images of each class in each split, in file order (the files are already
-shuffled). Pixels are written as they are (0 = background, 255 = ink).
+`index` is the image's position in its IDX file; the official split is kept,
+and `per_class` keeps the first N images of each class in each split. The IDX
+format and the licence: docs/training.md (Built-in corpora).
 """
 
 from __future__ import annotations

@@ -8,18 +8,8 @@ Layout of `out` (two corpus folders side by side, plus a manifest for both):
     out/digits/manifest.csv           the digits alone (paths relative to out/digits)
     out/digits/<digit>/<digit>-<n>.png
 
-so `out/shapes` and `out/digits` are each an ImageFolder-style corpus of its
-own, and a probe on `out` should group its rows by `set`.
-
-Shapes: 12 classes (stripes in three orientations, checkerboard, dots,
-concentric rings, blobs, circle, square, triangle, cross, star), each image
-with a random position, scale, rotation (where the class allows it), period,
-foreground and background colours (drawn alike for every class, so colour
-says nothing about the class), a background gradient and pixel noise. Each
-image is rendered at 3x and reduced (anti-aliasing). Image i of class c is a
-function of (seed, c, i) alone. Digits: `sklearn.datasets.load_digits` (8x8,
-bundled with scikit-learn, no download), upscaled to `size`, grey levels.
-Splits: 80/20 per class with `assign_splits`.
+Image i of class c is a function of (seed, c, i) alone; splits are 80/20 per
+class (`assign_splits`). The classes: docs/training.md (Built-in corpora).
 """
 
 from __future__ import annotations

@@ -1,20 +1,13 @@
 """The `manifest.csv` of a corpus folder: one row per file, with its label and split.
 
-Format (UTF-8 CSV with a header line, `\\n` line ends, written by Python's
-`csv` module):
-
     path,label,split[,extra columns...]
     s03/s03-0007.wav,s03,train,...
 
-- `path`: the file, relative to the corpus folder, with `/` separators.
-- `label`: the class the linear probe predicts (speaker, category, shape...).
-- `split`: `train` or `test`.
-- any further columns are modality-specific metadata (`speaker`, `voice`,
-  `sentence`, `set`...), kept as strings in `Row.extra`.
-
 `write_manifest` writes the rows in the order given; `read_manifest` reads
-them back. `assign_splits` is the one rule every builder uses to split a
-group of items: stable under a seed and independent of the order of the items.
+them back (extra columns as strings in `Row.extra`). `assign_splits` is the one
+rule every builder uses to split a group of items: stable under a seed and
+independent of the order of the items. The format: docs/training.md (Built-in
+corpora).
 """
 
 from __future__ import annotations

@@ -1,29 +1,15 @@
 """The Linux man pages as plain text, labelled by manual section: a topic task on real prose.
 
-The pages come from the Debian packages `manpages` (sections 4 special files,
-5 file formats, 7 overviews) and `manpages-dev` (2 system calls, 3 library
-functions), the Linux man-pages project (licences: various free ones, most
-pages "Linux-man-pages-copyleft", some GPL, BSD or public domain; see
-/usr/share/doc/manpages/copyright). Only the pages `dpkg-query -L` lists for
-those two packages are read, so the corpus does not depend on what else is
-installed; their few section 1, 6 and 8 pages (glibc tools) are left out.
-`--src` reads a folder of `manN/NAME.N[.gz]` files instead.
-
-Each page is converted from roff to plain text in Python (`roff_to_text`, no
-groff needed), one paragraph per line. Pages that are only a `.so` redirection
-or a symbolic link (Debian turns most `.so` pages into links) are skipped as
-duplicates, as are pages under `MIN_WORDS` words. The text starts with the
-NAME section (heading and its one-line description, kept whole); `max_words`
-then keeps the first N words of the rest.
-
-Layout of `out`:
+Only the pages `dpkg-query -L` lists for the Debian packages `manpages` and
+`manpages-dev` are read (`--src` reads a folder of `manN/NAME.N[.gz]` files
+instead); each is converted from roff to plain text in Python (`roff_to_text`),
+one paragraph per line, and cut to `max_words`. Layout of `out`:
 
     out/manifest.csv              columns path,label,split,page
     out/<section>/<name>.txt      e.g. out/2/open.txt, page "open.2"
 
-label = the section number ("2", "3", "4", "5", "7"; `3type`/`3const` pages
-count as 3). Splits: 80/20 per section with `assign_splits` on the page name,
-so a page is in exactly one split and every section is in both.
+label = the section number; splits are 80/20 per section by page name. The
+sections, licences and what is skipped: docs/training.md (Built-in corpora).
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """A speaker-identification corpus: espeak-ng reading generated sentences in many voices.
 
-A *speaker* is an espeak-ng voice (an English accent, or another language's
-voice once the English ones run out) combined with a voice variant (`+m3`,
-`+f2`, `+klatt`...), each with its own fixed pitch (`-p`) and speed (`-s`)
-drawn from the seed. Every utterance reads a different sentence made by a
-small seeded grammar. Files are 16 kHz mono 16-bit WAV under
-`out/<speaker>/<speaker>-<n>.wav`; per speaker 25% of the utterances are
-`test`, so the probe sees held-out sentences from seen speakers (CPC's
-LibriSpeech speaker-ID protocol). Each utterance also varies as a person's
-recordings do (`Take`): pitch and speed jitter around the speaker's own,
-gain, a mild spectral tilt (microphone/channel) and background noise, so a
-speaker is not a fixed spectrum that utterance-level statistics identify
-trivially. MBROLA voices join the speakers when the
-`mbrola` program and their voice data are installed.
+A speaker is an espeak-ng voice with a variant and its own fixed pitch and
+speed drawn from the seed; every utterance reads a different sentence of a
+small seeded grammar and varies as a person's recordings do (`Take`). Files
+are 16 kHz mono 16-bit WAV under `out/<speaker>/<speaker>-<n>.wav`; per
+speaker 25% of the utterances are `test`. The voices and variations:
+docs/training.md (Built-in corpora).
 """
 
 from __future__ import annotations

@@ -1,27 +1,13 @@
 """A speaker-identification corpus of real human recordings that Debian packages ship.
 
 Sources, each a folder of one speaker's recordings (label = that folder):
-
-- `asterisk`: the Asterisk telephony prompts of `asterisk-core-sounds-{en,es,fr,it,ru}-wav`
-  and `asterisk-prompt-it-menardi-wav`, under `/usr/share/asterisk/sounds/<voice>/`
-  (`en_US_f_Allison`, `es_MX_f_Allison`, `fr_CA_f_June`, `it_IT_f_Menardi`,
-  `it_IT_m_Carlo`, `ru_RU_f_IvrvoiceRU`): professional studio recordings, 8 kHz,
-  500-600 prompts (words, digits, letters, sentences) per voice. Every voice reads
-  one language, so speaker and language are tied; the `silence/` sub-folder
-  holds no speech and is left out.
-- `ktuberling`, `klettres`: the spoken words and letters of the KDE games'
-  data packages (`ktuberling-data`, `klettres-data`), one folder per language,
-  read by volunteers. The packages do not say who reads: a folder is taken to be
-  one speaker, and the same person may read for both games.
-
-`folder_source(DIR)` takes the user's own `DIR/<speaker>/...` instead.
-
-Files are copied unchanged (the models resample on reading) to
+`asterisk` (Asterisk's telephony prompts), `ktuberling` and `klettres` (the KDE
+games' spoken words and letters), or `folder_source(DIR)` for the user's own
+`DIR/<speaker>/...`. Files are copied unchanged to
 `out/<speaker>/<sub-folder>__<name>.<ext>`; recordings shorter than
 `min_seconds` are dropped. Each speaker's recordings are split on their own,
-`test_fraction` of them to `test`, so the probe hears held-out recordings of
-seen speakers (the paper's speaker-ID protocol); one recording is never in
-both splits.
+`test_fraction` of them to `test`, so no recording is in both splits. The
+packages and speakers: docs/training.md (Built-in corpora).
 """
 
 from __future__ import annotations

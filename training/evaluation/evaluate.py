@@ -4,32 +4,10 @@
 the frozen model (a run folder through torch, a bundle through onnxruntime),
 pools the context vectors c and the encoder vectors z over each file's valid
 steps, and fits a logistic regression on the train split of each feature set:
-
-- `cpc_context`, `cpc_encoder`: the trained model's c and z, mean-pooled;
-- `cpc_context_stats`: c pooled as mean ⊕ standard deviation (ddof=0), 2·C numbers;
-- `random_init`, `random_init_stats`: c of the same architecture with random
-  weights (torch, seed 0), pooled both ways, so each pooling has its control;
-- `baseline_mfcc` | `baseline_pixels` | `baseline_tfidf`: `training.evaluation.baselines`;
-- `chance` (1 / classes) and `majority` (the test share of the commonest train label).
-
-Audio adds the paper's frame-level probe: the per-step c_t after
-`CONTEXT_SECONDS` (1 s: steps t >= 100 at 10 ms a step, from the spec's hop),
-at most `FRAMES_PER_FILE` evenly spaced steps per file (and at most
-`MAX_FRAMES_PER_SPLIT` rows per split, evenly subsampled), fitted on the
-frames of train files and scored on the frames of test files (other
-utterances): `cpc_frames`, `random_init_frames` and `baseline_mfcc_frames`
-(the MFCCs of the same frames: CPC step t and MFCC frame t both start at
-sample t * 160). Files too short for one such frame give none; without frames
-in a split the frame probe is skipped with a warning.
-
-Labels come from `manifest.csv` (columns `path`, `label`, `split` = train|test)
-or, without one, from class sub-folders (label = parent folder, 20 % of files
-in `test` by a stable hash of the relative path). Audio longer than
-`max_seconds` (default 4 s) is centre-cropped for speed, for CPC and MFCC
-alike; audio is padded in batches and pooled over its own valid steps only
-(`AudioPreprocess.num_steps`: the encoder is causal with unpadded convs). A
-text document is its sentences (the model's splitter and tokenizer), pooled
-over sentences. `write_report` writes `eval.json` and the bar chart `eval.png`.
+the trained model's, the same architecture with random weights, and a hand-made
+baseline (`training.evaluation.baselines`); audio adds the frame-level probe.
+`write_report` writes `eval.json` and the bar chart `eval.png`. The feature
+sets, the frame probe and the labels: docs/training.md (Evaluation).
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """The int8 copy of a bundle: static quantization calibrated on real inputs.
 
-Dynamic quantization (weights only, activations quantized per call) turns
-convolutions into `ConvInteger`, which onnxruntime runs no faster than fp32
-on this kind of model (0.24x to 1.15x measured). Static QDQ quantization
-with per-channel int8 weights and uint8 activations lets onnxruntime fuse
-each convolution into `QLinearConv` on its int8 kernels instead, which is
-several times faster. Its activation ranges come from calibration: inputs
-made from files of the model's own data with the service's preprocessing,
-so they are what the model will see.
-
-The convolution that reads the raw input (waveform samples, pixels) stays
-fp32: 8 bits cannot hold audio's dynamic range (cosine to fp32 fell to 0.94
-with it quantized). The recurrent layer stays fp32 too (onnxruntime has no
-int8 GRU). `quantize_bundle` checks the copy on held-out files and refuses
-one whose pooled vectors fall below `min_cosine` of fp32.
+It is static QDQ quantization (per-channel int8 weights, uint8 activations),
+calibrated on files of the model's own data prepared with the service's
+preprocessing, so the activation ranges are what the model will see. The
+convolution that reads the raw input (waveform samples, pixels) stays fp32,
+and so does the GRU. `quantize_bundle` checks the copy on held-out files and
+refuses one whose pooled vectors fall below `min_cosine` of fp32. Why static,
+and why those layers stay fp32: docs/training.md (Export and the int8 copy).
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """Request ids, one access-log line per request, and the last word on unexpected errors.
 
-The outermost middleware of the app (pure ASGI):
-- takes the request's `X-Request-ID` when it is sane (1 to 128 letters,
-  digits and `._:-`, starting with a letter or digit), else makes one up;
-  sets it in `service.logging_setup.REQUEST_ID` for every line logged while
-  serving the request and returns it as the `X-Request-ID` response header;
-- logs one line on `service.access` per request, with the fields `method`,
-  `route` (the template, never the raw path, which may hold ids), `status`,
-  `duration_ms`, `request_id` and `client`; never a header or a body, so
-  keys and payloads stay out of the log;
-- answers an exception that escaped every handler with the 500 of
-  `service.api.error_handlers` and logs it once, with its stack trace; it is not
-  re-raised, so the server does not log it a second time.
+The outermost middleware of the app (pure ASGI). It takes the request's sane
+`X-Request-ID` or makes one up, sets it in `service.logging_setup.REQUEST_ID`
+for every line logged while serving the request and returns it as a response
+header; logs one line per request on `service.access` (never a header or a
+body); and answers an exception that escaped every handler with the 500 of
+`service.api.error_handlers`, logged once with its stack trace and not
+re-raised. The line's fields: docs/architecture.md (Logging).
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """The request timeout (CPC_REQUEST_TIMEOUT_S), as a pure-ASGI middleware.
 
 A request that has not started its response within the limit is cancelled
-and answered:
-- 408 when the time ran out while waiting for the client's body (a client
-  that trickles or stalls its upload);
-- 504 otherwise (the work took too long).
-
-Cancelling the request's task stops whatever it awaits: queued inference is
-dropped by the batcher, and work already running in a worker thread (a
-store write, a search) is abandoned to finish on its own; writes are whole
-transactions, so an abandoned one lands entirely or not at all, like a
-request cut by a lost connection. Once the response has started the clock
-stops, so a slow client reading a large answer is never cut off here.
+and answered 408 when the time ran out while waiting for the client's body,
+504 otherwise. Once the response has started the clock stops. What the
+cancellation does to queued inference and to writes already running:
+docs/architecture.md (Serving).
 """
 
 from __future__ import annotations

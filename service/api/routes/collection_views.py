@@ -1,17 +1,12 @@
 """Read-only views of a collection for people: its 2-D map and the originals of its items.
 
 - `GET /collections/{name}/map?limit=500&vector=<base64>`: a PCA of at most
-  `limit` items (1 to CPC_MAX_MAP_POINTS, spread evenly over the collection),
-  with the two axes and mean, so that a client can place any vector itself;
-  `vector` (little-endian float32 in base64, the /embed base64 format) is
-  normalised like a search vector and placed on the map as `query`.
+  `limit` items, with the axes and mean, and `vector` placed on it as `query`;
 - `GET /collections/{name}/originals/{item_id}`: the original an item keeps
-  (see `service.vectors.originals`), with its media type. Originals have their own
-  path rather than `/items/{id}/original`, because an item id may hold '/' and
-  `a/original` is a valid id.
+  (see `service.vectors.originals`), with its media type.
 
 These routes come before the collection routes in `ROUTERS`, whose
-`{name:anypath}` would otherwise swallow them.
+`{name:anypath}` would otherwise swallow them. The contract: docs/api.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """/collections: create, describe and delete collections; upsert, get and delete items.
 
-Upserts take JSON (`UpsertRequest`) or multipart/form-data: `file` (or
-`text`) parts, one `id` field for each in the same order and, optionally, one
-`metadata` field (a JSON object as a string) for each, and a `keep_originals`
-field (true or false). A whole batch is validated and embedded first, its
-originals made (see `service.vectors.originals`), then written in one fsynced
+Upserts take JSON (`UpsertRequest`) or multipart/form-data (docs/api.md). A
+whole batch is validated and embedded first, then written in one fsynced
 transaction (in a worker thread) before the response: all of it or none.
-
-Item ids may hold '/', so item routes end in `{item_id:anypath}` (starlette's
-`path`, but matching line breaks too, so that those get a 400 saying why
-rather than a 404); collection routes take `{name:anypath}` and come last, so
-that a name with a '/' gets a 400 that says what a name may be rather than a
-bare 404 or 405.
+Item routes end in `{item_id:anypath}`, as ids may hold '/'; collection routes
+take `{name:anypath}` and come last, so that a bad name or id gets a 400 that
+says why (docs/architecture.md, Routes).
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """The playground: a page at `/` to try the models and collections in a browser.
 
-The page and its assets (plain HTML, CSS and JavaScript modules in
-`service/api/static/`, shipped with the package; no build step, nothing from
-another origin) are public: they hold no data, and the API key check
-(`service.api.middleware.auth`) lets `/` and `/playground/<asset>` through. Every API call
-the page makes is authenticated as usual; the page learns whether it must
-ask for a key from the `data-auth` attribute this route writes into it.
-
-Assets are an allowlist made at import from the folder's own files, so no
-request path can name anything else. Responses carry a strict Content
-Security Policy: scripts, styles and requests from this origin only; media
-and images also from `blob:` URLs (originals fetched with the key).
+The page and its assets (`service/api/static/`, shipped with the package, no
+build step) are public; every API call the page makes is authenticated as
+usual, and the page learns whether it must ask for a key from the `data-auth`
+attribute this route writes into it. Assets are an allowlist made at import
+from the folder's own files, and responses carry a strict Content Security
+Policy (docs/api.md, The playground).
 """
 
 from __future__ import annotations
