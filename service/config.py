@@ -50,6 +50,18 @@ class Settings(BaseSettings):
     )
     max_text_chars: int = Field(default=100_000, gt=0, description="longest text input")
     max_k: int = Field(default=1000, gt=0, description="largest `k` in a search")
+    max_filter_terms: int = Field(
+        default=1024,
+        gt=0,
+        description="most key tests plus in/nin values in one search filter",
+    )
+    max_filter_depth: int = Field(
+        default=8, gt=0, description="deepest nesting of and/or/not in one search filter"
+    )
+    max_queries: int = Field(default=64, gt=0, description="most queries in one /search call")
+    max_page: int = Field(
+        default=1000, gt=0, description="largest `limit` when paging through a collection's items"
+    )
     max_metadata_bytes: int = Field(
         default=65536, gt=0, description="largest metadata object of one item, as JSON bytes"
     )

@@ -123,6 +123,13 @@ class ItemResponse(BaseModel):
     vector: list[float]
 
 
+FILTER_HELP = (
+    "metadata conditions, all of which must hold: a plain value is equality, an object of "
+    "operators (eq, ne, gt, gte, lt, lte, in, nin) tests a key, and `and`/`or` (lists) and "
+    "`not` (an object) combine conditions"
+)
+
+
 class SearchOptions(BaseModel):
     """What every search names: where to look, how many results, which metadata."""
 
@@ -130,9 +137,7 @@ class SearchOptions(BaseModel):
 
     collection: str = Field(description="the collection to search")
     k: WholeNumber = Field(default=10, description="most results, 1 to CPC_MAX_K")
-    filter: dict[str, Any] | None = Field(
-        default=None, description="metadata equality on top-level keys"
-    )
+    filter: dict[str, Any] | None = Field(default=None, description=FILTER_HELP)
     with_original: bool = Field(
         default=False,
         description="add to each result `original`: the media type of the original it keeps "
@@ -140,8 +145,38 @@ class SearchOptions(BaseModel):
     )
 
 
-class SearchRequest(SearchOptions, _OneOfInputOrVector):
-    """The JSON body of POST /search: exactly one of `input` and `vector`."""
+class SearchQuery(_OneOfInputOrVector):
+    """One of several queries in a POST /search: what to look for and its own filter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: dict[str, Any] | None = Field(
+        default=None, description="as the search's `filter`, for this query (default: that one)"
+    )
+
+
+class SearchRequest(SearchOptions):
+    """The JSON body of POST /search: exactly one of `input`, `vector` and `queries`."""
+
+    input: str | None = Field(
+        default=None,
+        description="as in /embed: text, or the file's bytes in base64, or a data URI",
+    )
+    vector: list[Number] | None = Field(
+        default=None, description="a vector of the collection's dim (normalised on the way in)"
+    )
+    queries: list[SearchQuery] | None = Field(
+        default=None,
+        description="several queries in one call (at most CPC_MAX_QUERIES); `results` is then "
+        "one list per query, in order",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchRequest:
+        given = [v for v in (self.input, self.vector, self.queries) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `input`, `vector` and `queries`")
+        return self
 
 
 class SearchResult(BaseModel):
@@ -155,7 +190,23 @@ class SearchResult(BaseModel):
 
 class SearchResponse(BaseModel):
     collection: str
-    results: list[SearchResult]
+    results: list[SearchResult] | list[list[SearchResult]] = Field(
+        description="best first; with `queries`, one such list per query"
+    )
+
+
+class PageItem(BaseModel):
+    id: str
+    metadata: dict[str, Any]
+
+
+class ItemPage(BaseModel):
+    """GET /collections/{name}/items: one page of items in id order."""
+
+    items: list[PageItem]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
+    )
 
 
 class MapPoint(BaseModel):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput, NotFound
+from service.vectors.filters import CONDITIONS, parse_filter
 from service.vectors.index import (
     SnapshotError,
     VectorIndex,
@@ -33,7 +34,6 @@ from service.vectors.index import (
 from service.vectors.store import Item, ItemStore, Original
 from service.vectors.validation import (
     prepare_vector,
-    validate_filter,
     validate_item_id,
     validate_metadata,
 )
@@ -340,14 +340,18 @@ class Collection:
             return count, self.store.get_by_seqs(seqs, vectors=True)
 
     def search(self, vector: object, k: int = 10, filter: object = None) -> list[SearchHit]:
-        """The `k` items most similar to `vector` (cosine), best first, matching `filter`."""
+        """The `k` items most similar to `vector` (cosine), best first, matching `filter`.
+
+        `filter` is a parsed `Condition`, or the JSON of one (parsed with the
+        default limits).
+        """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInput("k must be a positive whole number")
         query = prepare_vector(vector, self.dim, self.name)
-        where = validate_filter(filter)
+        where = filter if isinstance(filter, CONDITIONS) else parse_filter(filter)
         with self._rw.read():
             self._check_open()
-            allowed = self.store.filter_seqs(where) if where else None
+            allowed = self.store.filter_seqs(where) if where is not None else None
             scores, seqs = self._index.search(query, k, allowed)
             items = {item.seq: item for item in self.store.get_by_seqs(seqs)}
         return [
@@ -355,3 +359,19 @@ class Collection:
             for s, score in zip(seqs.tolist(), scores.tolist(), strict=True)
             if s in items
         ]
+
+    def page(self, limit: int, after: str | None = None) -> tuple[list[Item], str | None]:
+        """Up to `limit` items (no vectors) after the id `after`, in id order, and the cursor
+        of the next page (None at the end).
+
+        Ids are unique and ordered, so an item present for a whole scan is on exactly
+        one page, however the collection changes between pages.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInput("limit must be a positive whole number")
+        with self._rw.read():
+            self._check_open()
+            items = self.store.page(limit + 1, after)
+        more = len(items) > limit
+        items = items[:limit]
+        return items, (items[-1].id if more else None)

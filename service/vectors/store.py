@@ -6,8 +6,8 @@ immutable vector for ever. Each write method is one fsynced transaction
 (`synchronous=FULL`): all of a batch or none. An item's original lives in the
 `originals` table and is written in the same transaction as the item.
 Pooling: the `meta` table's `pooling` row (none: mean); a store that is not
-mean pooled is format 2. Filters (`filter_seqs`) are metadata equality with
-JSON semantics (docs/api.md, POST /search). The tables and the formats:
+mean pooled is format 2. Filters (`filter_seqs`) mean what
+`service.vectors.filters` says (docs/api.md, POST /search). The tables and the formats:
 docs/architecture.md (Collections).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sqlite3
 import threading
 import time
@@ -29,11 +28,11 @@ import numpy as np
 
 from service.errors import InvalidInput, NotFound
 from service.inference.pooling import VECTOR_POOLINGS, VectorPooling
+from service.vectors.filters import Condition, matches, to_sql
 
 logger = logging.getLogger(__name__)
 
 STORE_FORMAT = 2  # the newest format this service reads (see "Pooling" above)
-_INT64_MAX = 2**63 - 1
 _CHUNK = 500  # seqs per `IN (...)` query, well under SQLite's variable limit
 
 _SCHEMA = """
@@ -96,53 +95,6 @@ def dump_metadata(metadata: Mapping[str, Any]) -> str:
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"metadata is not representable as JSON: {exc}") from exc
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """Equality of two decoded JSON values with the semantics in the module docstring."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[key], b[key]) for key in a)
-    if a is None or b is None:
-        return a is None and b is None
-    return type(a) is type(b) and a == b
-
-
-def _matches(metadata: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
-    return all(key in metadata and json_equal(metadata[key], v) for key, v in where.items())
-
-
-def _sql_condition(key: str, value: Any) -> tuple[str, list[Any]] | None:
-    """SQL for `metadata[key] == value`, or None when it must be checked in Python."""
-    if '"' in key or "\\" in key or any(ord(ch) < 0x20 for ch in key):
-        return None  # not expressible as a quoted SQLite JSON path label
-    path = f'$."{key}"'
-    if isinstance(value, bool):
-        return "json_type(metadata, ?) = ?", [path, "true" if value else "false"]
-    if value is None:
-        return "json_type(metadata, ?) = 'null'", [path]
-    if isinstance(value, str):
-        return "(json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) = ?)", [
-            path,
-            path,
-            value,
-        ]
-    if isinstance(value, int | float):
-        number = float(value) if isinstance(value, int) and abs(value) > _INT64_MAX else value
-        return (
-            "(json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?)",
-            [
-                path,
-                path,
-                number,
-            ],
-        )
-    return None
 
 
 def _vector_pooling(value: str) -> VectorPooling:
@@ -467,31 +419,39 @@ class ItemStore:
             if len(rows) < batch:
                 return
 
-    def filter_seqs(self, where: Mapping[str, Any]) -> np.ndarray:
-        """Seqs (ascending, int64) of the items whose metadata matches `where`.
+    def filter_seqs(self, cond: Condition) -> np.ndarray:
+        """Seqs (ascending, int64) of the items whose metadata matches `cond`.
 
-        Scalar values are matched in SQL with `json_type`/`json_extract` (so `true` and
-        `1` stay apart); arrays, objects and keys SQLite cannot quote are checked in
-        Python on what SQL already narrowed down.
+        What SQLite can test (scalars, with `json_type` keeping `true` and `1`
+        apart) narrows the rows in SQL; whatever it cannot (arrays, objects,
+        `not`, keys SQLite cannot quote) is checked in Python on what is left.
         """
-        for key, value in where.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise InvalidInput(f"filter value for '{key}' is not a finite number")
-        clauses: list[str] = []
-        params: list[Any] = []
-        in_python: dict[str, Any] = {}
-        for key, value in where.items():
-            cond = _sql_condition(key, value)
-            if cond is None:
-                in_python[key] = value
-            else:
-                clauses.append(cond[0])
-                params.extend(cond[1])
-        sql = "SELECT seq" + (", metadata" if in_python else "") + " FROM items"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
+        sql = to_sql(cond)
+        exact = sql is not None and sql.exact
+        query = "SELECT seq" + ("" if exact else ", metadata") + " FROM items"
+        params: tuple[Any, ...] = ()
+        if sql is not None:
+            query += " WHERE " + sql.clause
+            params = sql.params
         with self._lock:
-            rows = self._db().execute(sql + " ORDER BY seq", params).fetchall()
-        if in_python:
-            rows = [r for r in rows if _matches(json.loads(r[1]), in_python)]
+            rows = self._db().execute(query + " ORDER BY seq", params).fetchall()
+        if not exact:
+            rows = [r for r in rows if matches(cond, json.loads(r[1]))]
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def page(self, limit: int, after: str | None) -> list[Item]:
+        """Up to `limit` items (no vectors) with ids after `after`, in id order."""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT seq, id, metadata, version, updated_at FROM items WHERE id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (after or "", limit),
+                )
+                .fetchall()
+            )
+        return [
+            Item(item_id, seq, None, json.loads(md), version, updated)
+            for seq, item_id, md, version, updated in rows
+        ]

@@ -1,4 +1,4 @@
-"""What a collection accepts: names, item ids, metadata, filters and vectors.
+"""What a collection accepts: names, item ids, metadata and vectors.
 
 Each check raises the domain error the API maps to a status (InvalidInput 400,
 Conflict 409, TooLarge 413) with a message that says what is allowed.
@@ -6,7 +6,6 @@ Conflict 409, TooLarge 413) with a message that says what is allowed.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -73,21 +72,6 @@ def validate_metadata(metadata: object, max_bytes: int) -> dict[str, Any]:
     if size > max_bytes:
         raise TooLarge(f"metadata is {size} bytes as JSON; the limit is {max_bytes}")
     return out
-
-
-def validate_filter(where: object) -> dict[str, Any] | None:
-    """A filter as a dict, or None for no filter (an empty object filters nothing out)."""
-    if where is None:
-        return None
-    if not isinstance(where, Mapping) or not all(isinstance(key, str) for key in where):
-        raise InvalidInput("filter must be a JSON object of metadata keys and values")
-    out = dict(where)
-    try:
-        json.dumps(out, allow_nan=False)  # no JSON value equals NaN or infinity
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"filter holds a value that is not valid JSON ({exc})") from None
-    check_integers(out, "filter")
-    return out or None
 
 
 def prepare_vector(vector: object, dim: int, collection: str) -> np.ndarray:

@@ -11,9 +11,10 @@ says why (docs/architecture.md, Routes).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import base64
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from service.api.bodies import (
     FormBody,
@@ -27,6 +28,7 @@ from service.api.collection_schemas import (
     CollectionDescription,
     CollectionList,
     CreateCollectionRequest,
+    ItemPage,
     ItemResponse,
     UpsertRequest,
     UpsertResponse,
@@ -204,6 +206,55 @@ async def remove_item(
     validate_item_id(item_id)
     await delete_item(coll, item_id, metrics)
     return {"deleted": 1}
+
+
+def _cursor(item_id: str) -> str:
+    """The opaque cursor of the page after `item_id`: its UTF-8 in URL-safe base64."""
+    return base64.urlsafe_b64encode(item_id.encode("utf-8", "surrogatepass")).decode().rstrip("=")
+
+
+def _after(cursor: str) -> str:
+    """The item id a cursor stands for; 400 if it is not one this service wrote."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return validate_item_id(raw.decode("utf-8"))
+    except (ValueError, InvalidInput):
+        raise InvalidInput(
+            "cursor is not one a page gave: pass the `next_cursor` of the previous page as it is"
+        ) from None
+
+
+@router.get(
+    "/collections/{name}/items",
+    summary="Page through the items of a collection, in id order",
+    response_model=ItemPage,
+    response_class=OrjsonResponse,
+    responses={**_NOT_FOUND, **_BAD_NAME},
+)
+async def list_items(
+    name: str,
+    collections: CollectionsDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(description="most items, 1 to CPC_MAX_PAGE")] = 100,
+    cursor: Annotated[
+        str | None, Query(description="the `next_cursor` of the previous page")
+    ] = None,
+) -> OrjsonResponse:
+    """Every item present for the whole scan is on exactly one page, whatever is written
+    meanwhile; items written during the scan may or may not appear."""
+    if not 1 <= limit <= settings.max_page:
+        raise schema_error(
+            ("limit",), f"limit must be from 1 to {settings.max_page} (CPC_MAX_PAGE)", where="query"
+        )
+    coll = get_collection(collections, name)
+    after = None if cursor is None else _after(cursor)
+    items, last = await asyncio.to_thread(coll.page, limit, after)
+    return OrjsonResponse(
+        {
+            "items": [{"id": item.id, "metadata": item.metadata} for item in items],
+            "next_cursor": None if last is None else _cursor(last),
+        }
+    )
 
 
 @router.post("/collections/{name:anypath}/items", include_in_schema=False)

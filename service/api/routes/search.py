@@ -1,6 +1,7 @@
 """POST /search: the items of a collection nearest to an input or a vector.
 
-JSON: `SearchRequest` (exactly one of `input` and `vector`). Multipart: one
+JSON: `SearchRequest` (exactly one of `input`, `vector` and `queries`, the last
+for several searches in one call, answered with one result list each). Multipart: one
 `file` or `text` part, with `collection`, `k` and optionally `filter` (a JSON
 object as a string) as form fields. The input is embedded with the
 collection's model through `embed_inputs`; the search itself runs in a worker
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -32,9 +34,11 @@ from service.api.collection_schemas import (
 from service.api.deps import CollectionsDep, RegistryDep, SettingsDep
 from service.api.schemas import OrjsonResponse, parse_model, schema_error
 from service.config import Settings
+from service.errors import TooLarge
 from service.inference.inputs import ApiInput
+from service.vectors.collection import Collection, SearchHit
+from service.vectors.filters import FilterLimits, parse_filter
 from service.vectors.operations import get_collection, query_vector
-from service.vectors.validation import validate_filter
 
 router = APIRouter(tags=["search"])
 
@@ -55,10 +59,20 @@ SEARCH_BODY = openapi_body(
 )
 
 
-async def read_query(
+@dataclass
+class Query:
+    """One search to run: what to look for and its parsed filter."""
+
+    input: ApiInput | None
+    vector: Sequence[float] | None
+    filter: object
+
+
+async def read_queries(
     request: Request, settings: Settings
-) -> tuple[SearchOptions, ApiInput | None, Sequence[float] | None]:
-    """Options, input and vector of a search, from JSON or a multipart form."""
+) -> tuple[SearchOptions, list[Query], bool]:
+    """Options and queries of a search, from JSON or a multipart form; and whether the
+    body gave a `queries` list (then the results are one list per query)."""
     limit = part_limit(settings.max_text_chars, settings.max_metadata_bytes)
     body = await read_json_or_form(
         request, SearchRequest, "POST /search", "a `file` or `text` part", limit
@@ -72,8 +86,20 @@ async def read_query(
             raise schema_error(
                 ("file",), f"give exactly one `file` or `text` part to search by, not {len(inputs)}"
             )
-        return parse_model(SearchOptions, values), inputs[0], None
-    return body, body.input, body.vector
+        options = parse_model(SearchOptions, values)
+        return options, [Query(inputs[0], None, options.filter)], False
+    if body.queries is None:
+        return body, [Query(body.input, body.vector, body.filter)], False
+    if len(body.queries) > settings.max_queries:
+        raise TooLarge(
+            f"{len(body.queries)} queries in one search; the limit is {settings.max_queries} "
+            "(CPC_MAX_QUERIES)"
+        )
+    queries = [
+        Query(q.input, q.vector, q.filter if q.filter is not None else body.filter)
+        for q in body.queries
+    ]
+    return body, queries, True
 
 
 @router.post(
@@ -92,17 +118,26 @@ async def read_query(
 async def search(
     request: Request, collections: CollectionsDep, registry: RegistryDep, settings: SettingsDep
 ) -> OrjsonResponse:
-    options, value, vector = await read_query(request, settings)
+    options, queries, several = await read_queries(request, settings)
     if not 1 <= options.k <= settings.max_k:
         given = str(options.k) if abs(options.k) < 10**12 else "a number that large"
         raise schema_error(("k",), f"k must be from 1 to {settings.max_k} (CPC_MAX_K), not {given}")
-    where = validate_filter(options.filter)
+    limits = FilterLimits(settings.max_filter_terms, settings.max_filter_depth)
+    wheres = [parse_filter(q.filter, limits) for q in queries]
     coll = get_collection(collections, options.collection)
-    query = await query_vector(coll, registry, settings, input=value, vector=vector)
-    hits = await asyncio.to_thread(coll.search, query, options.k, where)
+    results = []
+    for q, where in zip(queries, wheres, strict=True):
+        vector = await query_vector(coll, registry, settings, input=q.input, vector=q.vector)
+        hits = await asyncio.to_thread(coll.search, vector, options.k, where)
+        results.append(await _results(coll, hits, options.with_original))
+    return OrjsonResponse({"collection": coll.name, "results": results if several else results[0]})
+
+
+async def _results(coll: Collection, hits: list[SearchHit], with_original: bool) -> list[Any]:
+    """The response entries of one query's hits, with their originals' types if asked."""
     results = [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
-    if options.with_original:
+    if with_original:
         kept = await asyncio.to_thread(coll.original_types, [h.id for h in hits])
         for hit, result in zip(hits, results, strict=True):
             result["original"] = kept.get(hit.id)
-    return OrjsonResponse({"collection": coll.name, "results": results})
+    return results
