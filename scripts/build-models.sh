@@ -17,7 +17,7 @@ RUNS=${RUNS:-runs}
 MODELS=${MODELS:-models}
 AUDIO_STEPS=${AUDIO_STEPS:-2000}
 IMAGE_STEPS=${IMAGE_STEPS:-2000}
-TEXT_STEPS=${TEXT_STEPS:-3000}
+TEXT_STEPS=${TEXT_STEPS:-6000}
 FASHION_PER_CLASS=${FASHION_PER_CLASS:-1000}  # of each split: 10,000 train, the whole test set
 
 corpus() {  # corpus KIND [FOLDER] [ARGS...]: build it once; a manifest means it is there
