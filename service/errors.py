@@ -80,3 +80,15 @@ class TimedOut(CPCError):
 
 class BundleError(Exception):
     """A model bundle on disk is missing a file or does not match the schema."""
+
+
+class Unavailable(CPCError):
+    """A service this one depends on, such as the Milvus vector database, is unreachable
+    or failing (503); `retry_after_s`, when known, is how long a client should wait before
+    trying again (for a Retry-After header)."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after_s: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
