@@ -664,7 +664,9 @@ class MilvusCollections:
 
     def _milvus_names(self) -> list[str]:
         """The collection names that Milvus holds under this prefix, sorted."""
-        listed = self._call("list collections", lambda c: c.list_collections())
+        listed = self._call(
+            "list collections", lambda c: c.list_collections(timeout=self.connection.timeout_s)
+        )
         names = (service_name(self.prefix, str(m)) for m in listed)
         return sorted(n for n in names if n is not None)
 
@@ -809,6 +811,10 @@ class MilvusCollections:
                 "collection or rename the model"
             )
         return coll
+
+    def ping(self) -> None:
+        """Unavailable unless Milvus answers now (for a readiness check)."""
+        self._call("answer", lambda c: c.list_collections(timeout=self.connection.timeout_s))
 
     def snapshot_all(self) -> None:
         """Nothing to do: Milvus keeps its own data (the embedded manager saves indexes)."""

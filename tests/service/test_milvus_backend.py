@@ -702,6 +702,7 @@ def test_milvus_away_is_503_and_comes_back(milvus_uri: str, prefix: str) -> None
             lambda: coll.upsert([("b", [1, 0, 0, 0], None)]),
             lambda: mgr.get("away"),
             mgr.list,
+            mgr.ping,
         ):
             with pytest.raises(Unavailable) as caught:
                 call()
@@ -711,6 +712,7 @@ def test_milvus_away_is_503_and_comes_back(milvus_uri: str, prefix: str) -> None
         assert time.monotonic() - started < 10  # fails fast, no long retries
         relay.mend()
         assert _eventually(lambda: coll.get("a")).metadata == {"v": 1}
+        mgr.ping()
         coll.upsert([("b", [0, 1, 0, 0], None)])
         assert coll.count() == 2
     finally:
