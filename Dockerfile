@@ -31,9 +31,15 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" \
         > /tmp/serve-requirements.txt
+# EXTRA_PIP adds packages to the image, e.g. `pymilvus` for the Milvus collection
+# backend (docker-compose.yml's `milvus` profile); empty by default.
+ARG EXTRA_PIP=""
+# DL3013: EXTRA_PIP is whatever the builder asks for, pinned or not.
+# hadolint ignore=DL3013
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
-    && pip install -r /tmp/serve-requirements.txt
+    && pip install -r /tmp/serve-requirements.txt \
+    && if [ -n "${EXTRA_PIP}" ]; then pip install ${EXTRA_PIP}; fi
 
 # The project itself, not editable; --no-deps because the step above installed
 # exactly what `.[serve]` needs. The wheel also carries the `training` package,

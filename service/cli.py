@@ -43,6 +43,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes (more than 1 needs CPC_COLLECTION_BACKEND=milvus: the embedded "
+        "backend keeps the collections inside one process)",
+    )
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
@@ -174,6 +181,22 @@ def _serve(args: argparse.Namespace) -> int:
     from service.logging_setup import configure_logging
 
     settings = Settings()
+    if args.workers < 1:
+        sys.stderr.write("cpc-embed serve: --workers must be 1 or more\n")
+        return 2
+    if args.workers > 1 and settings.collection_backend != "milvus":
+        sys.stderr.write(
+            f"cpc-embed serve --workers {args.workers}: the embedded collection backend keeps "
+            "the collections inside one process; run one worker, or set "
+            "CPC_COLLECTION_BACKEND=milvus so that the processes share them\n"
+        )
+        return 2
+    if args.workers > 1 and settings.milvus_consistency == "Session":
+        sys.stderr.write(
+            f"cpc-embed serve --workers {args.workers}: CPC_MILVUS_CONSISTENCY=Session only "
+            "shows each process its own writes; use Strong (the default) with several workers\n"
+        )
+        return 2
     configure_logging(settings.log_format, args.log_level)
     # uvicorn replaces these while it runs and re-raises the signal once it has drained;
     # they turn that re-raise (or a signal during start-up) into a clean exit.
@@ -188,6 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + SHUTDOWN_GRACE_S,
+        workers=args.workers,
     )
     return 0
 

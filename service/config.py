@@ -26,7 +26,33 @@ class Settings(BaseSettings):
         default=DEFAULT_MODELS_DIR,
         description="folder of model bundles, one sub-folder (with bundle.json) each",
     )
-    data_dir: Path = Field(default=Path("./data"), description="where collections are stored")
+    data_dir: Path = Field(
+        default=Path("./data"), description="where embedded collections are stored"
+    )
+    collection_backend: Literal["embedded", "milvus"] = Field(
+        default="embedded",
+        description="embedded: SQLite + FAISS in this process (one server per data folder); "
+        "milvus: a Milvus server holds the collections, so API processes keep no state and "
+        "several may serve them (`serve --workers N`, replicas)",
+    )
+    milvus_uri: str = Field(
+        default="http://127.0.0.1:19530", description="the Milvus server (backend milvus)"
+    )
+    milvus_token: str | None = Field(
+        default=None, repr=False, description="Milvus credentials, `user:password` or a token"
+    )
+    milvus_db: str = Field(default="default", description="the Milvus database of the collections")
+    milvus_prefix: str = Field(
+        default="cpc_",
+        description="prefix of this service's collection names in Milvus, so that several "
+        "deployments can share one database",
+    )
+    milvus_consistency: Literal["Strong", "Session", "Bounded", "Eventually"] = Field(
+        default="Strong",
+        description="Milvus read consistency: Strong sees every acknowledged write from any "
+        "process (a query waits for the time tick, about 200 ms); Session only this process's; "
+        "Bounded and Eventually may miss writes of the last seconds",
+    )
     api_key: str | None = Field(
         default=None,
         repr=False,

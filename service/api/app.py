@@ -36,14 +36,16 @@ from service.api.middleware.timeouts import RequestTimeoutMiddleware
 from service.api.routes import ROUTERS
 from service.api.shutdown import drain_on_signals
 from service.config import Settings
-from service.errors import BundleError
+from service.errors import BundleError, Unavailable
 from service.inference.allocator import tune_allocator
 from service.inference.registry import ModelRegistry, load_registry
 from service.metrics import Metrics
 from service.vectors.datalock import DataDirLock
+from service.vectors.filters import FilterLimits
 from service.vectors.index import set_faiss_threads
 from service.vectors.manager import CollectionManager
-from service.vectors.operations import open_collections
+from service.vectors.milvus import MAX_ORIGINAL_BYTES, MilvusCollections
+from service.vectors.operations import open_collections, refresh_count
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,58 @@ async def _open_collections(app: FastAPI, registry: ModelRegistry) -> Collection
         await asyncio.to_thread(manager.close_all)
         raise
     return manager
+
+
+def _milvus_collections(settings: Settings) -> MilvusCollections:
+    return MilvusCollections(
+        settings.milvus_uri,
+        token=settings.milvus_token or "",
+        db_name=settings.milvus_db,
+        prefix=settings.milvus_prefix,
+        consistency=settings.milvus_consistency,
+        max_metadata_bytes=settings.max_metadata_bytes,
+        filter_limits=FilterLimits(settings.max_filter_terms, settings.max_filter_depth),
+    )
+
+
+COUNT_INTERVAL_S = 15.0  # how often the items gauge follows a Milvus collection
+
+
+async def _count_loop(app: FastAPI) -> None:
+    """Refresh cpc_collection_items from collections whose count is a remote query."""
+    while True:
+        await asyncio.sleep(COUNT_INTERVAL_S)
+        collections = app.state.collections
+        if collections is None:
+            continue
+        try:
+            for coll in await asyncio.to_thread(collections.list):
+                await asyncio.to_thread(refresh_count, app.state.metrics, coll)
+        except Unavailable as exc:
+            logger.debug("items gauge not refreshed: %s", exc.detail)
+
+
+async def _open_milvus_collections(
+    app: FastAPI, manager: MilvusCollections, registry: ModelRegistry
+) -> None:
+    """Open the collections in Milvus, trying again until it answers: the API serves /embed
+    meanwhile, and collection routes and /ready answer 503 saying why."""
+    state = app.state
+    delay_s, most_s = 1.0, 30.0
+    while True:
+        try:
+            await asyncio.to_thread(open_collections, manager, registry, state.metrics)
+        except Unavailable as exc:
+            state.collections_problem = exc.detail
+            logger.warning("collections not open yet: %s; next try in %.0f s", exc.detail, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(most_s, 2 * delay_s)
+            continue
+        state.collections = manager
+        state.collections_problem = None
+        state.pending.discard("collections")
+        logger.info("collections open on Milvus at %s", manager.connection.address)
+        return
 
 
 def start_draining_on_signals(state: Any) -> Callable[[], None]:
@@ -118,6 +172,10 @@ async def _serve(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = state.settings
     if settings.release_memory:
         tune_allocator()  # before the models' thread pools exist
+    if settings.collection_backend == "milvus":
+        async with _serve_with_milvus(app):
+            yield
+        return
     try:
         registry = await asyncio.to_thread(load_registry, settings, state.metrics)
         _prepare_data_dir(settings)
@@ -152,14 +210,56 @@ async def _serve(app: FastAPI) -> AsyncIterator[None]:
         state.draining = True
         restore_signals()
         try:
-            if snapshots is not None:
-                snapshots.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await snapshots
+            await _stop_task(snapshots)
             await registry.stop()
             await asyncio.to_thread(manager.close_all)  # writes the changed snapshots
         finally:
             data_lock.release()
+        logger.info("stopped")
+
+
+async def _stop_task(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@asynccontextmanager
+async def _serve_with_milvus(app: FastAPI) -> AsyncIterator[None]:
+    """As `_serve`, with the collections in Milvus: no data folder and no snapshots, and a
+    Milvus that is not up yet delays the collections, not the start."""
+    state = app.state
+    settings: Settings = state.settings
+    try:
+        registry = await asyncio.to_thread(load_registry, settings, state.metrics)
+        manager = _milvus_collections(settings)
+    except (BundleError, RuntimeError) as exc:  # RuntimeError: pymilvus is not installed
+        logger.error("cannot start: %s", exc)
+        raise
+    registry.start()
+    state.registry = registry
+    state.pending.discard("models")
+    if settings.max_original_bytes > MAX_ORIGINAL_BYTES:
+        logger.warning(
+            "CPC_MAX_ORIGINAL_BYTES is %d, but Milvus keeps originals of at most %d bytes; "
+            "larger ones (audio clips) are not kept",
+            settings.max_original_bytes,
+            MAX_ORIGINAL_BYTES,
+        )
+    opening = asyncio.create_task(_open_milvus_collections(app, manager, registry))
+    counting = asyncio.create_task(_count_loop(app))
+    logger.info("ready with %d model(s): %s", len(registry), ", ".join(registry.names) or "none")
+    restore_signals = start_draining_on_signals(state)
+    try:
+        yield
+    finally:
+        state.draining = True
+        restore_signals()
+        await _stop_task(opening)
+        await _stop_task(counting)
+        await registry.stop()
+        await asyncio.to_thread(manager.close_all)
         logger.info("stopped")
 
 
@@ -202,6 +302,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.collections = None
     # start-up steps not done yet; /ready is 503 until empty
     app.state.pending = {"models", "collections"}
+    app.state.collections_problem = None  # why the collections are not open, when known
     app.state.draining = False
     install_exception_handlers(app)
     for router in ROUTERS:

@@ -16,7 +16,7 @@ from service.config import Settings
 from service.errors import NotReady
 from service.inference.registry import ModelRegistry
 from service.metrics import Metrics
-from service.vectors.manager import CollectionManager
+from service.vectors.backend import CollectionBackend
 
 
 async def get_settings(request: Request) -> Settings:
@@ -37,15 +37,20 @@ async def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
-async def get_collections(request: Request) -> CollectionManager:
+async def get_collections(request: Request) -> CollectionBackend:
     """The open collections; 503 before the lifespan has opened them."""
-    manager: CollectionManager | None = getattr(request.app.state, "collections", None)
+    manager: CollectionBackend | None = getattr(request.app.state, "collections", None)
     if manager is None:
-        raise NotReady("the collections are still opening")
+        problem = getattr(request.app.state, "collections_problem", None)
+        raise NotReady(
+            f"the collections are not open yet: {problem}"
+            if problem
+            else "the collections are still opening"
+        )
     return manager
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-CollectionsDep = Annotated[CollectionManager, Depends(get_collections)]
+CollectionsDep = Annotated[CollectionBackend, Depends(get_collections)]

@@ -10,6 +10,7 @@ also carries OpenAI's `{"error": {...}}`. The full rules: docs/architecture.md.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.errors import CPCError, Overloaded, Unauthorized
+from service.errors import CPCError, Overloaded, Unauthorized, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ async def handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, Overloaded):
         headers["Retry-After"] = "1"
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s or 1)))
     if exc.status_code >= 500:
         logger.warning("%s %s: %s", request.method, request.url.path, exc.detail)
     return error_response(exc.status_code, exc.detail, headers or None, path=request.url.path)

@@ -143,6 +143,8 @@ def _load_index(
 class Collection:
     """Items `(id, vector, metadata)` of one model, searchable by cosine similarity."""
 
+    cheap_count = True  # count() reads SQLite: the metrics gauge follows every write
+
     def __init__(
         self,
         folder: Path,

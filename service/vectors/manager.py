@@ -162,6 +162,9 @@ class CollectionManager:
             )
         return coll
 
+    def ping(self) -> None:
+        """Nothing to ask: the collections live in this process."""
+
     def snapshot_all(self) -> None:
         """Save the index snapshot of every collection that changed since its last one."""
         for coll in self.list():

@@ -167,6 +167,8 @@ def _hit(hit: Any) -> SearchHit:
 class MilvusCollection:
     """Items `(id, vector, metadata)` of one model in one Milvus collection."""
 
+    cheap_count = False  # count() is a Strong query: the metrics gauge is refreshed periodically
+
     def __init__(
         self,
         described: Described,

@@ -69,6 +69,9 @@ def _unreachable(exc: BaseException) -> bool:
 def _default_factory(uri: str, token: str, db_name: str, timeout_s: float) -> Any:
     from pymilvus import MilvusClient
 
+    # pymilvus configures its logger on import and logs every failed call as an ERROR with
+    # a traceback; this module reports each failure once, as a warning, so it stays quiet.
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     return MilvusClient(uri=uri, token=token, db_name=db_name, timeout=timeout_s, dedicated=True)
 
 

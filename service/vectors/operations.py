@@ -28,8 +28,7 @@ from service.inference.inputs import ApiInput, PlainText, to_raw
 from service.inference.pipeline import embed_inputs
 from service.inference.registry import ModelRegistry, ServedModel
 from service.metrics import Metrics
-from service.vectors.collection import Collection
-from service.vectors.manager import CollectionManager
+from service.vectors.backend import CollectionBackend, CollectionHandle
 from service.vectors.originals import OriginalLimits, make_original
 from service.vectors.store import Original
 from service.vectors.validation import (
@@ -61,7 +60,7 @@ class NewItem:
 # --- start-up and metrics --------------------------------------------------------------------
 
 
-def refresh_count(metrics: Metrics, coll: Collection) -> None:
+def refresh_count(metrics: Metrics, coll: CollectionHandle) -> None:
     """Set cpc_collection_items{collection} to the stored count (skipped once it is closed)."""
     with _GAUGE_LOCK:
         try:
@@ -77,7 +76,7 @@ def forget_count(metrics: Metrics, name: str) -> None:
         metrics.collection_items.remove(name)
 
 
-def open_collections(manager: CollectionManager, registry: ModelRegistry, metrics: Metrics) -> None:
+def open_collections(manager: CollectionBackend, registry: ModelRegistry, metrics: Metrics) -> None:
     """Open every stored collection and ensure one per loaded bundle (blocking).
 
     A bundle whose collection holds vectors of another dim (the model was
@@ -115,12 +114,12 @@ def check_collection_name(name: str) -> str:
     )
 
 
-def get_collection(manager: CollectionManager, name: str) -> Collection:
+def get_collection(manager: CollectionBackend, name: str) -> CollectionHandle:
     """The collection called `name`: 400 for a name that cannot exist, 404 if absent."""
     return manager.get(check_collection_name(name))
 
 
-def model_of(coll: Collection, registry: ModelRegistry) -> ServedModel:
+def model_of(coll: CollectionHandle, registry: ModelRegistry) -> ServedModel:
     """The loaded model that embeds the inputs of `coll`; 404 if it is not loaded."""
     model = coll.info.model
     if model not in registry:
@@ -152,7 +151,7 @@ def _renamed(exc: CPCError, detail: str) -> CPCError:
 
 
 async def prepare_items(
-    coll: Collection,
+    coll: CollectionHandle,
     registry: ModelRegistry,
     settings: Settings,
     items: Sequence[NewItem],
@@ -214,7 +213,7 @@ def _at_items(exc: CPCError, where: Sequence[int]) -> CPCError:
 
 
 async def _embed(
-    coll: Collection,
+    coll: CollectionHandle,
     served: ServedModel,
     registry: ModelRegistry,
     settings: Settings,
@@ -242,7 +241,7 @@ async def _embed(
 
 
 async def write_items(
-    coll: Collection,
+    coll: CollectionHandle,
     items: list[PreparedItem],
     metrics: Metrics,
     originals: Sequence[Original | None] | None = None,
@@ -251,16 +250,18 @@ async def write_items(
 
     def write() -> list[str]:
         ids = coll.upsert(items, originals)
-        refresh_count(metrics, coll)
+        if coll.cheap_count:
+            refresh_count(metrics, coll)
         return ids
 
     return await asyncio.to_thread(write)
 
 
-async def delete_item(coll: Collection, item_id: str, metrics: Metrics) -> None:
+async def delete_item(coll: CollectionHandle, item_id: str, metrics: Metrics) -> None:
     def delete() -> None:
         coll.delete(item_id)
-        refresh_count(metrics, coll)
+        if coll.cheap_count:
+            refresh_count(metrics, coll)
 
     await asyncio.to_thread(delete)
 
@@ -269,7 +270,7 @@ async def delete_item(coll: Collection, item_id: str, metrics: Metrics) -> None:
 
 
 async def query_vector(
-    coll: Collection,
+    coll: CollectionHandle,
     registry: ModelRegistry,
     settings: Settings,
     *,

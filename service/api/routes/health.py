@@ -3,17 +3,20 @@
 Readiness lives on `app.state`: `pending` is the set of start-up steps not
 done yet (the lifespan adds "models" and removes it once every bundle is
 loaded and warm; a later step, such as opening collections, adds its own),
-and `draining` is set when shutdown begins.
+and `draining` is set when shutdown begins. A collection backend that can
+fail on its own (Milvus) is asked on every /ready: 503 while it does not answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.api.error_handlers import error_response
+from service.errors import Unavailable
 
 router = APIRouter(tags=["probes"])
 
@@ -24,7 +27,23 @@ def not_ready_reason(state: Any) -> str | None:
         return "not ready: the service is shutting down"
     pending: set[str] = getattr(state, "pending", {"start-up"})
     if pending:
-        return f"not ready: still loading {', '.join(sorted(pending))}"
+        problem = getattr(state, "collections_problem", None)
+        return f"not ready: still loading {', '.join(sorted(pending))}" + (
+            f" ({problem})" if problem else ""
+        )
+    return None
+
+
+async def backend_problem(state: Any) -> str | None:
+    """Why the collection backend cannot serve now (Milvus: its server is asked), or None;
+    None too while the collections are not open (`pending` says so then)."""
+    collections = getattr(state, "collections", None)
+    if collections is None:
+        return None
+    try:
+        await asyncio.to_thread(collections.ping)
+    except Unavailable as exc:
+        return f"not ready: {exc.detail}"
     return None
 
 
@@ -39,7 +58,7 @@ async def health() -> dict[str, str]:
     responses={503: {"description": "not ready; `detail` says why"}},
 )
 async def ready(request: Request) -> JSONResponse:
-    reason = not_ready_reason(request.app.state)
+    reason = not_ready_reason(request.app.state) or await backend_problem(request.app.state)
     if reason is not None:
         return error_response(503, reason)
     registry = getattr(request.app.state, "registry", None)

@@ -36,7 +36,8 @@ from service.api.schemas import OrjsonResponse, parse_model, schema_error
 from service.config import Settings
 from service.errors import TooLarge
 from service.inference.inputs import ApiInput
-from service.vectors.collection import Collection, SearchHit
+from service.vectors.backend import CollectionHandle
+from service.vectors.collection import SearchHit
 from service.vectors.filters import FilterLimits, parse_filter
 from service.vectors.operations import get_collection, query_vector
 
@@ -133,7 +134,7 @@ async def search(
     return OrjsonResponse({"collection": coll.name, "results": results if several else results[0]})
 
 
-async def _results(coll: Collection, hits: list[SearchHit], with_original: bool) -> list[Any]:
+async def _results(coll: CollectionHandle, hits: list[SearchHit], with_original: bool) -> list[Any]:
     """The response entries of one query's hits, with their originals' types if asked."""
     results = [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
     if with_original:
