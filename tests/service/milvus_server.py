@@ -51,6 +51,7 @@ TEST_CONFIG: dict[str, str] = {
     "common.gracefulStopTimeout": "5",
     "proxy.timeTickInterval": "50",
 }
+RELAY_PORTS = (21000, 32000)  # below Linux's ephemeral ports (32768 and up)
 _PORT_LINE = re.compile(r"^  port:\s*(\d+)")
 
 
@@ -146,15 +147,37 @@ class MilvusServer:
             stop_group(self.process)
             self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL the whole server at once (a crash), leaving its data as it is on disk."""
+        assert self.process is not None, "only a server the tests started can be killed"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        _wait_group(self.process.pid, 10.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        self.process = None
+
+    def restart(self, timeout_s: float = 180.0) -> None:
+        """Start the server again on the same data folder and port, and wait until it answers."""
+        assert self.data_dir is not None and self.process is None
+        again = start_milvus(self.data_dir, self.port, timeout_s, register=False)
+        self.uri, self.process, self.started_in_s = again.uri, again.process, again.started_in_s
+
+
+STARTED: list[MilvusServer] = []  # the servers this process started, for tests that crash one
+
 
 def start_milvus(
     data_dir: Path,
     port: int = 19530,
     timeout_s: float = 180.0,
     extra_config: dict[str, str] | None = None,
+    *,
+    register: bool = True,
 ) -> MilvusServer:
     """Start `milvus-server` on `data_dir` and wait until it answers (RuntimeError if not);
-    `extra_config` (dotted milvus.yaml keys) goes on top of TEST_CONFIG."""
+    `extra_config` (dotted milvus.yaml keys) goes on top of TEST_CONFIG. `register` adds it
+    to STARTED."""
     exe = find_executable()
     if exe is None:
         raise RuntimeError(f"no {EXECUTABLE} executable (pip install milvus)")
@@ -181,6 +204,8 @@ def start_milvus(
         raise
     server.started_in_s = time.monotonic() - started
     logger.info("milvus at %s answered after %.1f s", server.uri, server.started_in_s)
+    if register:
+        STARTED.append(server)
     return server
 
 
@@ -217,6 +242,14 @@ class Relay:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Relay:
+        # A port below the ephemeral range: while the relay is cut, a client that keeps
+        # connecting to an ephemeral port can be handed that very port as its own source
+        # port (a TCP self-connect), which would then hold it and stop `mend` from binding.
+        for port in range(RELAY_PORTS[0] + os.getpid() % 1000, RELAY_PORTS[1]):
+            with contextlib.suppress(OSError), socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+                self.port = port
+                break
         self.mend()
         return self
 
@@ -235,6 +268,10 @@ class Relay:
             listener, self._listener = self._listener, None
             pairs, self._pairs = self._pairs, []
         if listener is not None:
+            # shutdown first: close alone leaves a listener that a thread blocked in accept()
+            # still holds, so it keeps listening and the port cannot be bound again
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         for a, b in pairs:
             for s in (a, b):

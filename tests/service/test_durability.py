@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class Writer:
 
     number: int
     base: str
+    unavailable_ok: bool = False  # a 503 (the collection backend is down) ends it, unacknowledged
     acked: dict[str, Value] = field(default_factory=dict)
     replaced: dict[str, list[float]] = field(default_factory=dict)  # id -> an older vector
     in_flight: dict[str, Value] = field(default_factory=dict)  # the request cut by the kill
@@ -71,6 +73,8 @@ class Writer:
                     r = client.post(f"/collections/{COLLECTION}/items", json={"items": items})
                 except httpx.TransportError:
                     return  # the server is gone: this request is unacknowledged
+                if r.status_code == 503 and self.unavailable_ok and r.json().get("detail"):
+                    return  # refused whole, with a reason: this request is unacknowledged
                 if r.status_code != 200:
                     self.error = f"{r.status_code}: {r.text}"
                     return
@@ -84,8 +88,12 @@ class Writer:
                     acks[0] += 1
 
 
-def stream_and_kill(server: LiveServer) -> list[Writer]:
-    writers = [Writer(n, server.base) for n in range(THREADS)]
+def stream_and_kill(
+    server: LiveServer, kill: Callable[[], None] | None = None, unavailable_ok: bool = False
+) -> list[Writer]:
+    """Eight writers against `server`, and `kill` (default: SIGKILL of the server) once
+    KILL_AFTER_ACKS requests were acknowledged."""
+    writers = [Writer(n, server.base, unavailable_ok) for n in range(THREADS)]
     stop, lock, acks = threading.Event(), threading.Lock(), [0]
     threads = [threading.Thread(target=w.run, args=(stop, acks, lock)) for w in writers]
     for t in threads:
@@ -93,7 +101,7 @@ def stream_and_kill(server: LiveServer) -> list[Writer]:
     deadline = time.monotonic() + 20.0
     while acks[0] < KILL_AFTER_ACKS and time.monotonic() < deadline:
         time.sleep(0.005)
-    server.stop()  # SIGKILL, with requests in flight
+    (kill or server.stop)()  # SIGKILL, with requests in flight
     stop.set()
     for t in threads:
         t.join(timeout=30)
@@ -113,7 +121,13 @@ def test_acknowledged_upserts_survive_sigkill(
 
     servers.append(LiveServer(models_dir, data_dir, tmp_path / "server.log", **SNAPSHOTS))
     servers[1].wait_ready()
-    with httpx.Client(base_url=servers[1].base, timeout=10.0) as client:
+    check_acknowledged(servers[1].base, writers)
+
+
+def check_acknowledged(base: str, writers: list[Writer]) -> None:
+    """Every acknowledged item is there with what was acknowledged last, an unacknowledged
+    one whole or not at all, and search finds exactly the stored items."""
+    with httpx.Client(base_url=base, timeout=10.0) as client:
         present: set[str] = set()
         for w in writers:
             for item_id, (vector, metadata) in w.acked.items():
