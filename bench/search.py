@@ -24,6 +24,7 @@ from typing import Any
 import faiss as _faiss
 import numpy as np
 
+from bench import backends
 from bench.machine import machine_info, setup_logging, write_results
 from service.vectors.index import FlatIndex, IVFIndex, normalized, set_faiss_threads
 
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="FAISS OpenMP threads; 0 keeps FAISS's default"
     )
+    parser.add_argument(
+        "--milvus-uri",
+        default=None,
+        help="also measure both collection backends (bench/backends.py) at the largest size",
+    )
     parser.add_argument("--note", default="", help="a sentence stored with the results")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -181,7 +187,15 @@ def main(argv: list[str] | None = None) -> None:
         "note": args.note,
         "results": results,
     }
-    write_results(args.out, "search", report, to_markdown(report))
+    markdown = to_markdown(report)
+    if args.milvus_uri:
+        n = max(args.sizes)
+        vectors = mixture(n, args.dim, args.centres, args.spread, seed=1)
+        queries = mixture(200, args.dim, args.centres, args.spread, seed=2)
+        report["backends"] = backends.run(vectors, queries, args.milvus_uri, ["flat", "ivf"])
+        markdown += "\nCollection backends, through their collection classes:\n\n"
+        markdown += backends.to_markdown(report["backends"])
+    write_results(args.out, "search", report, markdown)
     logger.info("wrote %s and %s", args.out / "search.json", args.out / "search.md")
 
 
