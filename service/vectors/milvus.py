@@ -87,7 +87,7 @@ MAX_TOPK = 16384  # Milvus: most results of one search, and limit + offset of on
 MAX_JSON_BYTES = 65536  # Milvus: the largest JSON value
 MAX_ORIGINAL_BYTES = MAX_VARCHAR_BYTES // 4 * 3  # 49,149: what base64 fits in one VARCHAR
 LOAD_TIMEOUT_S = 600.0  # loading a large collection into memory takes a while
-CREATE_TIMEOUT_S = 60.0  # making a collection includes loading it (empty: a few seconds)
+CREATE_TIMEOUT_S = 60.0  # making a collection (its load is awaited by its first call)
 SCAN_BATCH = 2000  # items per query when a search scans
 IN_CHUNK = 500  # ids per `id in [...]`
 _FIELDS = ("id", "seq", "metadata", "updated_at")
@@ -179,6 +179,7 @@ class MilvusCollection:
         max_metadata_bytes: int = 65536,
         filter_limits: FilterLimits | None = None,
         on_gone: Callable[[MilvusCollection], None] | None = None,
+        loading: bool = False,
     ) -> None:
         self.info = described.info
         self.token = described.token
@@ -190,6 +191,7 @@ class MilvusCollection:
         self._consistency = consistency
         self._on_gone = on_gone
         self._closed = False
+        self._loading = loading  # a load that `create` started and no call has awaited yet
         self._deletes = 0  # acknowledged deletes, and how many an acknowledged upsert followed
         self._deletes_covered = 0
         self._deletes_lock = threading.Lock()
@@ -219,6 +221,9 @@ class MilvusCollection:
         self._check_open()
         label = f"{what} in collection '{self.name}'"
         try:
+            if self._loading:
+                self._conn.call(f"finish loading collection '{self.name}'", self._load)
+                self._loading = False
             try:
                 return self._conn.call(label, fn)
             except CollectionNotLoaded:
@@ -638,8 +643,9 @@ class MilvusCollections:
             return None
         return described if described.info.name == name else None
 
-    def _adopt(self, described: Described) -> MilvusCollection:
-        """The collection object for `described`, the cached one while it is the same."""
+    def _adopt(self, described: Described, loading: bool = False) -> MilvusCollection:
+        """The collection object for `described`, the cached one while it is the same
+        (`loading`: a new one whose load is started, not awaited)."""
         name = described.info.name
         with self._lock:
             cached = self._collections.get(name)
@@ -655,6 +661,7 @@ class MilvusCollections:
                 max_metadata_bytes=self.max_metadata_bytes,
                 filter_limits=self.filter_limits,
                 on_gone=self._forget,
+                loading=loading,
             )
             self._collections[name] = coll
             return coll
@@ -726,7 +733,7 @@ class MilvusCollections:
             params = dict(self.ivf_params) if index == "ivf" else {}
             described = Described(info, uuid.uuid4().hex, params)
             self._create_in_milvus(described)
-            coll = self._adopt(described)
+            coll = self._adopt(described, loading=True)
         logger.info(
             "created Milvus collection '%s' (model %s, %s pooling, dim %d, %s)",
             name,
@@ -742,13 +749,22 @@ class MilvusCollections:
         milvus = milvus_name(self.prefix, info.name)
 
         def create(client: Any) -> None:
+            timeout = max(self.connection.timeout_s, CREATE_TIMEOUT_S)
             client.create_collection(
                 milvus,
                 schema=schema(client, described),
-                index_params=vector_index(client, described),
                 consistency_level=self.consistency,
-                timeout=max(self.connection.timeout_s, CREATE_TIMEOUT_S),  # it loads, too
+                timeout=timeout,
             )
+            # An empty collection has no segment to index: its index exists once this call
+            # returns (pymilvus would poll for the build, sleeping 0.5 s first). The load
+            # (about 2 s even when empty) goes on in Milvus while the caller carries on, and
+            # the collection's first call awaits it; so the collections of several bundles
+            # at start-up load at the same time instead of one after another.
+            client.create_index(
+                milvus, vector_index(client, described), timeout=timeout, sync=False
+            )
+            client.load_collection(milvus, timeout=timeout, _async=True)
 
         try:
             self._call(f"create collection '{info.name}'", create)
