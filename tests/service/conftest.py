@@ -6,6 +6,14 @@ exporter; the torch models stay available for the parity tests. `make_client`
 builds an app with any settings and enters `TestClient` as a context manager,
 so the lifespan (loading, warm-up) runs. The media helpers make test files in
 memory.
+
+Collection backends: the apps of `client` and `make_client` keep their
+collections on `backend`, "embedded" unless a module marks its tests
+`@pytest.mark.backends("embedded", "milvus")` (a test narrows it with its own
+marker and a `reason`). A Milvus app gets a prefix of its own (per module for
+`client`, per test for `make_client`), whose collections are dropped at the
+end, on the session's server (`milvus_uri`: CPC_TEST_MILVUS_URI's, or one
+started for the session; requested only by Milvus tests).
 """
 
 from __future__ import annotations
@@ -13,8 +21,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import time
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +39,12 @@ from PIL import Image
 
 from service.api.app import create_app
 from service.config import Settings
+from service.vectors.backend import CollectionBackend
+from service.vectors.manager import CollectionManager
+from service.vectors.milvus import MilvusCollections
 from tests.conftest import TOPICS
 from tests.service.live import LiveServer
+from tests.service.milvus_server import ENV_URI, find_executable, start_milvus
 from tests.training.tiny import tiny_config
 from training.config import TrainConfig
 from training.export.onnx_export import export_model
@@ -79,29 +94,170 @@ def models_dir(tiny_bundles: dict[str, TinyBundle]) -> Path:
     return next(iter(tiny_bundles.values())).folder.parent
 
 
+# -- collection backends ----------------------------------------------------------------
+
+BACKENDS = ("embedded", "milvus")
+READY_TIMEOUT_S = 120.0  # a Milvus app opens its collections in the background after start-up
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backends(*names, reason=None): run the test once per collection backend named "
+        "(embedded, milvus) with `client` and `make_client` on it; a test that runs on fewer "
+        "backends than its module says why",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `backend` (per module, so one `client` serves each backend) by the
+    closest `backends` marker."""
+    markers = list(metafunc.definition.iter_markers("backends"))  # the closest first
+    if not markers or "backend" not in metafunc.fixturenames:
+        return
+    names = list(markers[0].args)
+    where = metafunc.definition.nodeid
+    if not names or not set(names) <= set(BACKENDS):
+        raise ValueError(f"{where}: backends {names}; known: {BACKENDS}")
+    narrowed = any(set(names) < set(m.args) for m in markers[1:])
+    if narrowed and not markers[0].kwargs.get("reason"):
+        raise ValueError(f"{where}: runs on {names} only; say why (reason=...)")
+    metafunc.parametrize("backend", names, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus server for the whole session: CPC_TEST_MILVUS_URI's, or one started here."""
+    given = os.environ.get(ENV_URI)
+    if given:
+        yield given
+        return
+    if find_executable() is None:
+        pytest.skip("no milvus-server executable: `pip install milvus` (in the dev extra)")
+    server = start_milvus(tmp_path_factory.mktemp("milvus"))
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def backend(request: pytest.FixtureRequest) -> str:
+    """The collection backend of the apps of `client` and `make_client` (see the docstring)."""
+    return str(getattr(request, "param", "embedded"))
+
+
+def drop_collections(uri: str, prefix: str) -> None:
+    """Delete every collection under `prefix` in the Milvus server at `uri`."""
+    manager = MilvusCollections(uri, prefix=prefix)
+    try:
+        for coll in manager.list():
+            manager.delete(coll.name)
+    finally:
+        manager.close_all()
+
+
+@contextmanager
+def backend_store(
+    request: pytest.FixtureRequest, backend: str, data_dir: Path
+) -> Iterator[dict[str, Any]]:
+    """The settings that put an app's collections on `backend`: `data_dir`, or a Milvus
+    prefix of their own (its collections dropped at the end)."""
+    if backend == "embedded":
+        yield {"data_dir": data_dir}
+        return
+    if backend != "milvus":
+        raise ValueError(f"unknown collection backend {backend!r}")
+    uri = request.getfixturevalue("milvus_uri")
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    try:
+        yield {
+            "data_dir": data_dir,  # unused by the Milvus backend: nothing lands in the cwd
+            "collection_backend": "milvus",
+            "milvus_uri": uri,
+            "milvus_prefix": prefix,
+        }
+    finally:
+        drop_collections(uri, prefix)
+
+
+def wait_ready(client: TestClient, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Wait until the app answers /ready with 200 (a Milvus app opens its collections in
+    the background after start-up); fail saying why it did not."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = client.get("/ready")
+        if r.status_code == 200:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the app was not ready after {timeout_s:.0f} s: {r.text}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def started(settings: Settings, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
+    """A client of a started app of `settings`, ready to serve collections; stopped at exit."""
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+        if settings.collection_backend == "milvus":
+            wait_ready(client)
+        yield client
+
+
+def open_store(settings: Settings) -> CollectionBackend:
+    """The collections that an app of `settings` serves, opened without an app (to lay out
+    a store before an app starts on it); close it with `close_all`."""
+    store: CollectionBackend
+    if settings.collection_backend == "milvus":
+        store = MilvusCollections(settings.milvus_uri, prefix=settings.milvus_prefix)
+    else:
+        store = CollectionManager(settings.data_dir)
+    store.open_all()
+    return store
+
+
+MakeSettings = Callable[..., Settings]
 MakeClient = Callable[..., TestClient]
 
 
 @pytest.fixture
-def make_client(models_dir: Path, tmp_path: Path) -> Iterator[MakeClient]:
+def make_settings(
+    request: pytest.FixtureRequest, backend: str, models_dir: Path, tmp_path: Path
+) -> Iterator[MakeSettings]:
+    """`make_settings(**overrides)`: settings of an app of this test on `backend`. The apps
+    of one test share one store (data folder or Milvus prefix): a second one is a restart."""
+    with backend_store(request, backend, tmp_path / "data") as store:
+
+        def make(**overrides: Any) -> Settings:
+            return Settings(**{"models_dir": models_dir, **store, **overrides})
+
+        yield make
+
+
+@pytest.fixture
+def make_client(make_settings: MakeSettings) -> Iterator[MakeClient]:
     """`make_client(**settings)`: a started client; stopped at the end of the test."""
     with ExitStack() as stack:
 
         def make(raise_server_exceptions: bool = True, **overrides: Any) -> TestClient:
-            values: dict[str, Any] = {"models_dir": models_dir, "data_dir": tmp_path / "data"}
-            values.update(overrides)
-            app = create_app(Settings(**values))
-            client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
-            return stack.enter_context(client)
+            settings = make_settings(**overrides)
+            return stack.enter_context(started(settings, raise_server_exceptions))
 
         yield make
 
 
 @pytest.fixture(scope="module")
-def client(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """One started app with the default settings, shared by a test module."""
-    settings = Settings(models_dir=models_dir, data_dir=tmp_path_factory.mktemp("data"))
-    with TestClient(create_app(settings)) as c:
+def client(
+    request: pytest.FixtureRequest,
+    backend: str,
+    models_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[TestClient]:
+    """One started app with the default settings on `backend`, shared by a test module."""
+    with (
+        backend_store(request, backend, tmp_path_factory.mktemp("data")) as store,
+        started(Settings(models_dir=models_dir, **store)) as c,
+    ):
         yield c
 
 

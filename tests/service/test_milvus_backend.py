@@ -1,7 +1,7 @@
 """The Milvus collection backend (`service.vectors.milvus`) against a real Milvus server.
 
-One server serves the whole file (`tests.service.milvus_server`: started here,
-or the one `CPC_TEST_MILVUS_URI` names); each test has collections of its own
+One server serves the whole session (the `milvus_uri` fixture of conftest.py: started
+there, or the one `CPC_TEST_MILVUS_URI` names); each test has collections of its own
 under a prefix of its own. The embedded `CollectionManager` is the reference:
 the same inputs give the same errors and the same answers, and every filter
 selects what `filters.matches` says. Milvus going away is a relay that the
@@ -11,7 +11,6 @@ test cuts and mends.
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import threading
@@ -34,32 +33,9 @@ from service.vectors.milvus_filters import compile_filter, key_path, string_lite
 from service.vectors.milvus_schema import milvus_name, service_name
 from service.vectors.store import Original
 from service.vectors.validation import prepare_vector
-from tests.service.milvus_server import (
-    ENV_URI,
-    MilvusServer,
-    Relay,
-    find_executable,
-    proxy_port,
-    start_milvus,
-)
+from tests.service.milvus_server import Relay, proxy_port
 
-# --- the server ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Milvus server for the whole session: CPC_TEST_MILVUS_URI's, or one started here."""
-    given = os.environ.get(ENV_URI)
-    if given:
-        yield given
-        return
-    if find_executable() is None:
-        pytest.skip("no milvus-server executable: `pip install milvus` (in the dev extra)")
-    server: MilvusServer = start_milvus(tmp_path_factory.mktemp("milvus"))
-    try:
-        yield server.uri
-    finally:
-        server.stop()
+# --- the server: `milvus_uri`, a session fixture of conftest.py ------------------------------
 
 
 @pytest.fixture
