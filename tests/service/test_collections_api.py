@@ -1,37 +1,37 @@
 """/collections through the real app: create, upsert (JSON and multipart), get, delete,
 persistence across a restart, a collection per bundle, metrics, and bad input that
-gets a clear 4xx and changes nothing."""
+gets a clear 4xx and changes nothing. Each test runs on both collection backends
+(conftest.py), but for the few that check what only the embedded one has."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.app import create_app
+from service.api import app as app_module
 from service.config import Settings
-from service.vectors.manager import CollectionManager
 from tests.service.conftest import (
     TEXTS,
     MakeClient,
+    MakeSettings,
     audio_bytes,
     b64,
+    open_store,
     random_vectors,
     send_json,
+    started,
     unit,
 )
 
+pytestmark = pytest.mark.backends("embedded", "milvus")
+
 DESCRIPTION_KEYS = {"name", "model", "dim", "pooling", "count", "index"}
-
-
-def start(models_dir: Path, data_dir: Path, **overrides: Any) -> TestClient:
-    return TestClient(create_app(Settings(models_dir=models_dir, data_dir=data_dir, **overrides)))
 
 
 def count(client: TestClient, name: str) -> int:
@@ -225,12 +225,12 @@ def test_a_collection_embeds_and_searches_with_its_pooling(
     assert r.status_code == 409 and f"dim {dim}" in r.json()["detail"]
 
 
-def test_a_collection_keeps_its_pooling_across_a_restart(models_dir: Path, tmp_path: Path) -> None:
+def test_a_collection_keeps_its_pooling_across_a_restart(make_settings: MakeSettings) -> None:
     clip = b64(audio_bytes(0.8, freq=500.0))
-    with start(models_dir, tmp_path / "data") as c:
+    with started(make_settings()) as c:
         c.put("/collections/spread", json={"model": "audio", "pooling": "stats"})
         c.post("/collections/spread/items", json={"items": [{"id": "x", "input": clip}]})
-    with start(models_dir, tmp_path / "data") as c:
+    with started(make_settings()) as c:
         described = c.get("/collections/spread").json()
         assert (described["pooling"], described["dim"], described["count"]) == ("stats", 32, 1)
         more = {"items": [{"id": "y", "input": b64(audio_bytes(0.4, freq=1200.0))}]}
@@ -305,31 +305,65 @@ def test_unknown_collection_and_item(client: TestClient) -> None:
 
 
 def test_collection_item_metrics(client: TestClient) -> None:
-    client.put("/collections/gauged", json={"model": "image"})
+    assert client.put("/collections/gauged", json={"model": "image"}).status_code == 201
+    assert 'cpc_collection_items{collection="gauged"} 0.0' in client.get("/metrics").text
     items = [{"id": str(i), "vector": v} for i, v in enumerate(random_vectors(3, seed=5))]
-    client.post("/collections/gauged/items", json={"items": items})
-    assert 'cpc_collection_items{collection="gauged"} 3.0' in client.get("/metrics").text
-    client.delete("/collections/gauged/items/1")
-    assert 'cpc_collection_items{collection="gauged"} 2.0' in client.get("/metrics").text
+    assert client.post("/collections/gauged/items", json={"items": items}).status_code == 200
+    assert client.delete("/collections/gauged/items/1").status_code == 200
     client.delete("/collections/gauged")
     assert 'collection="gauged"' not in client.get("/metrics").text
     assert 'cpc_collection_items{collection="audio"}' in client.get("/metrics").text
 
 
+@pytest.mark.backends(
+    "embedded",
+    reason="only an embedded count is cheap (SQLite) enough to follow every write; a Milvus "
+    "count is a Strong query, so the gauge follows Milvus every COUNT_INTERVAL_S (15 s) and "
+    "at start-up (test_items_survive_a_restart checks that)",
+)
+def test_the_items_gauge_follows_every_write(client: TestClient) -> None:
+    client.put("/collections/followed", json={"model": "image"})
+    items = [{"id": str(i), "vector": v} for i, v in enumerate(random_vectors(3, seed=5))]
+    client.post("/collections/followed/items", json={"items": items})
+    assert 'cpc_collection_items{collection="followed"} 3.0' in client.get("/metrics").text
+    client.delete("/collections/followed/items/1")
+    assert 'cpc_collection_items{collection="followed"} 2.0' in client.get("/metrics").text
+
+
+@pytest.mark.backends("milvus", reason="the embedded gauge follows each write (the test above)")
+def test_the_items_gauge_follows_milvus_periodically(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app_module, "COUNT_INTERVAL_S", 0.1)
+    c = make_client()
+
+    def soon_shows(line: str) -> bool:
+        deadline = time.monotonic() + 10
+        while line not in c.get("/metrics").text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return line in c.get("/metrics").text
+
+    items = [{"id": str(i), "vector": v} for i, v in enumerate(random_vectors(3, seed=5))]
+    assert c.post("/collections/image/items", json={"items": items}).status_code == 200
+    assert soon_shows('cpc_collection_items{collection="image"} 3.0')
+    assert c.delete("/collections/image/items/1").status_code == 200
+    assert soon_shows('cpc_collection_items{collection="image"} 2.0')
+
+
 # -- persistence ----------------------------------------------------------------------
 
 
-def test_items_survive_a_restart(models_dir: Path, tmp_path: Path) -> None:
+def test_items_survive_a_restart(make_settings: MakeSettings) -> None:
     vectors = random_vectors(4, seed=9)
     items = [{"id": f"p{i}", "vector": v, "metadata": {"i": i}} for i, v in enumerate(vectors)]
-    with start(models_dir, tmp_path / "data") as c:
+    with started(make_settings()) as c:
         assert (
             c.put("/collections/kept", json={"model": "audio", "index": "ivf"}).status_code == 201
         )
         c.post("/collections/kept/items", json={"items": items})
         c.post("/collections/text/items", json={"items": [{"id": "doc", "input": TEXTS[0]}]})
         c.delete("/collections/kept/items/p3")
-    with start(models_dir, tmp_path / "data") as c:
+    with started(make_settings()) as c:
         assert c.get("/ready").status_code == 200
         assert c.get("/collections/kept").json() == {
             "name": "kept",
@@ -351,13 +385,13 @@ def test_items_survive_a_restart(models_dir: Path, tmp_path: Path) -> None:
 
 
 def test_a_model_whose_dim_changed_does_not_stop_the_start(
-    models_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    manager = CollectionManager(tmp_path / "data")
-    manager.open_all()
-    manager.create("audio", "audio", 8)
-    manager.close_all()
-    with caplog.at_level(logging.ERROR), start(models_dir, tmp_path / "data") as c:
+    settings = make_settings()
+    store = open_store(settings)
+    store.create("audio", "audio", 8)
+    store.close_all()
+    with caplog.at_level(logging.ERROR), started(settings) as c:
         assert c.get("/ready").status_code == 200
         assert c.get("/collections/audio").json()["dim"] == 8
         assert c.get("/collections/text").json()["dim"] == 16
@@ -501,12 +535,12 @@ def test_bad_ids_in_paths(
     assert_unchanged(client, sentinel)
 
 
-def test_a_collection_of_a_model_that_is_not_loaded(models_dir: Path, tmp_path: Path) -> None:
-    manager = CollectionManager(tmp_path / "data")
-    manager.open_all()
-    manager.create("legacy", "retired-model", 16)
-    manager.close_all()
-    with start(models_dir, tmp_path / "data") as c:
+def test_a_collection_of_a_model_that_is_not_loaded(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    store = open_store(settings)
+    store.create("legacy", "retired-model", 16)
+    store.close_all()
+    with started(settings) as c:
         assert c.get("/collections/legacy").json()["model"] == "retired-model"
         r = c.post("/collections/legacy/items", json={"items": [{"id": "t", "input": "Hi."}]})
         assert r.status_code == 404 and "not loaded" in r.json()["detail"]
@@ -518,19 +552,21 @@ def test_a_collection_of_a_model_that_is_not_loaded(models_dir: Path, tmp_path: 
         assert [h["id"] for h in r.json()["results"]] == ["v"]
 
 
-def test_snapshots_are_written_periodically_and_on_shutdown(
-    models_dir: Path, tmp_path: Path
-) -> None:
-    snapshot = tmp_path / "data" / "collections" / "text" / "index.faiss"
+@pytest.mark.backends(
+    "embedded", reason="FAISS index snapshots in the data folder: Milvus has none"
+)
+def test_snapshots_are_written_periodically_and_on_shutdown(make_settings: MakeSettings) -> None:
+    settings = make_settings(snapshot_interval_s=0.05)
+    snapshot = settings.data_dir / "collections" / "text" / "index.faiss"
     items = [{"id": "s", "vector": VEC}]
-    with start(models_dir, tmp_path / "data", snapshot_interval_s=0.05) as c:
+    with started(settings) as c:
         c.post("/collections/text/items", json={"items": items})
         deadline = time.monotonic() + 10
         while not snapshot.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert snapshot.exists()
     written = snapshot.stat().st_mtime_ns
-    with start(models_dir, tmp_path / "data", snapshot_interval_s=0) as c:
+    with started(make_settings(snapshot_interval_s=0)) as c:
         c.delete("/collections/text/items/s")
     assert snapshot.stat().st_mtime_ns != written  # closing wrote the changed index
 

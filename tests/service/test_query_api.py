@@ -1,5 +1,6 @@
 """Rich filters, several queries in one /search, and paging through a collection's items,
-through the real app: what each selects, and the 4xx that hostile requests get."""
+through the real app: what each selects, and the 4xx that hostile requests get; on both
+collection backends (conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from fastapi.testclient import TestClient
 
 from service.vectors.filters import matches, parse_filter
 from tests.service.conftest import MakeClient, random_vectors, unit
+
+pytestmark = pytest.mark.backends("embedded", "milvus")
 
 N = 40
 VECTORS = random_vectors(N, seed=21)

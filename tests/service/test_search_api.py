@@ -1,5 +1,6 @@
 """POST /search through the real app: by vector and by input (JSON and multipart),
-ranking against brute force, filters, k limits, and bad queries that get a clear 4xx."""
+ranking against brute force, filters, k limits, and bad queries that get a clear 4xx;
+on both collection backends (conftest.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tests.service.conftest import (
     send_json,
     unit,
 )
+
+pytestmark = pytest.mark.backends("embedded", "milvus")
 
 N = 30
 VECTORS = random_vectors(N, seed=11)
