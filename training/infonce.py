@@ -57,6 +57,20 @@ class CPCLossOutput:
     loss_per_step: dict[int, float] = field(default_factory=dict)  # k -> L_k; extra, for logs
 
 
+def draw_negatives(pool: int, pos: Tensor, n: int, t: int, first: int, total: int) -> Tensor:
+    """`n` indices per row into a pool of `pool` candidates, uniform over all but `pos`.
+
+    Draws from pool-1 and skips the positive. The draw covers the `total`
+    sequences of `t` rows of the global batch and this rank keeps its rows
+    (`pos` holds one positive per row, `first` is its first sequence), as one
+    process would. `InfoNCE` and `CPCCriterion` draw through here, one call per
+    prediction step, so both consume the random stream alike.
+    """
+    idx = torch.randint(0, pool - 1, (total * t, n), device=pos.device)
+    idx = idx[first * t : first * t + pos.shape[0]]  # [M, n]
+    return idx + (idx >= pos[:, None]).long()
+
+
 def _strict_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Fraction of rows whose label's logit is strictly greater than every other logit."""
     positive = logits.gather(1, labels[:, None]).squeeze(1)  # [M]
@@ -91,18 +105,21 @@ class InfoNCE(nn.Module):
         self.negatives = negatives
         self.num_negatives = num_negatives
 
-    def _check(self, predictions: Tensor, targets: Tensor, first: int, total: int) -> None:
-        if predictions.dim() != 3 or targets.dim() != 3:
+    def check(
+        self, pred_shape: tuple[int, ...], targ_shape: tuple[int, ...], first: int, total: int
+    ) -> None:
+        """Raise ValueError unless predictions and targets of these shapes can be scored."""
+        if len(pred_shape) != 3 or len(targ_shape) != 3:
             raise ValueError(
                 "predictions and targets must be 3-D [B, T, D]; got shapes "
-                f"{tuple(predictions.shape)} and {tuple(targets.shape)}"
+                f"{tuple(pred_shape)} and {tuple(targ_shape)}"
             )
-        b, t, _ = predictions.shape
+        b, t, _ = pred_shape
         allowed = {b, total} if self.negatives == "batch" else {b}
-        if targets.shape[1:] != predictions.shape[1:] or targets.shape[0] not in allowed:
+        if tuple(targ_shape[1:]) != tuple(pred_shape[1:]) or targ_shape[0] not in allowed:
             raise ValueError(
-                f"predictions {tuple(predictions.shape)} and targets "
-                f"{tuple(targets.shape)} must have the same shape"
+                f"predictions {tuple(pred_shape)} and targets "
+                f"{tuple(targ_shape)} must have the same shape"
                 + (" (or targets of the whole global batch)" if total != b else "")
             )
         if b == 0 or t == 0:
@@ -111,14 +128,14 @@ class InfoNCE(nn.Module):
             raise ValueError(f"sequences {first}..{first + b - 1} are not in a batch of {total}")
         if self.negatives == "sequence" and t < 2:
             raise ValueError(f"negatives='sequence' needs T >= 2 steps per sequence, got T={t}")
-        if self.negatives == "batch" and targets.shape[0] * t < 2:
+        if self.negatives == "batch" and targ_shape[0] * t < 2:
             raise ValueError(f"negatives='batch' needs B*T >= 2 targets, got B={b}, T={t}")
 
     def forward(
         self, predictions: Tensor, targets: Tensor, *, first: int = 0, total: int | None = None
     ) -> InfoNCEOutput:
         total = predictions.shape[0] if total is None else total
-        self._check(predictions, targets, first, total)
+        self.check(tuple(predictions.shape), tuple(targets.shape), first, total)
         # Position of this rank's first target among `targets` (0 unless they are global).
         offset = first if targets.shape[0] != predictions.shape[0] else 0
         with torch.autocast(device_type=predictions.device.type, enabled=False):
@@ -155,11 +172,7 @@ class InfoNCE(nn.Module):
             pool, pos, base = flat_targ.shape[0], offset * t + rows, torch.zeros_like(rows)
         else:  # the T targets of the same sequence
             pool, pos, base = t, rows % t, (rows // t) * t
-        # Uniform over the pool minus the positive: draw from pool-1 and skip the positive.
-        # The draw covers the global batch and this rank keeps its rows, as one process would.
-        idx = torch.randint(0, pool - 1, (total * t, n), device=pred.device)
-        idx = idx[first * t : (first + b) * t]  # [M, n]
-        idx = idx + (idx >= pos[:, None]).long()
+        idx = draw_negatives(pool, pos, n, t, first, total)  # [M, n]
         negatives = flat_targ[base[:, None] + idx]  # [M, n, D]
         positives = flat_targ[offset * t + rows]  # [M, D]
         pos_score = (flat_pred * positives).sum(dim=-1, keepdim=True)  # [M, 1]
@@ -170,11 +183,24 @@ class InfoNCE(nn.Module):
 
 
 class CPCCriterion(nn.Module):
-    """Sum of InfoNCE over prediction steps k = min_step..prediction_steps, with W_k heads.
+    """Mean of InfoNCE over prediction steps k = min_step..prediction_steps, with W_k heads.
 
     z and c are [B, T, D] sequences or [B, R, Cc, D] grids. For a grid, step k moves
     k rows down (dim 1) and the (row, column) positions are flattened into T.
+
+    Step k is the `InfoNCE` of predictions W_k c_t against targets z_{t+k}, as a
+    loop over k calling `InfoNCE` would give (the same candidates, and with
+    `num_negatives` the same draws from the random stream), but every k is
+    scored at once: one product of all heads' predictions with every
+    candidate, from which each k takes its sampled negatives (or, with all
+    candidates, masks the candidates outside its pool). So sampled negatives
+    cost one matrix product instead of gathering a [B*T, n, D] block per k.
+    The products run in bf16 under an enclosing bf16 autocast; log-softmax,
+    loss and accuracy always in fp32. Steps are scored in groups that keep the
+    score matrix under `score_budget` elements.
     """
+
+    score_budget = 1 << 25  # elements of one group's score matrix (fp32: 128 MiB)
 
     def __init__(self, context_dim: int, encoder_dim: int, loss_cfg: LossConfig) -> None:
         super().__init__()
@@ -204,32 +230,172 @@ class CPCCriterion(nn.Module):
                 f"sequence too short: {length} steps (rows) but predicting up to "
                 f"k={self.prediction_steps} needs more than {self.prediction_steps}"
             )
-        batch = z.shape[0]
+        batch, dim = z.shape[0], z.shape[-1]
         first, total = (0, batch) if shard is None else (shard.first, shard.total)
         candidates = z
         if shard is not None and shard.gather is not None and self.infonce.negatives == "batch":
             candidates = shard.gather(z)  # [G, T(, Cc), Z]: every rank's targets
+        cols = z.shape[2] if z.dim() == 4 else 1
+        positions = length * cols  # P: flattened positions per sequence
+        pool_seqs = candidates.shape[0]
+        # Position of this rank's first sequence among the candidates (0 unless they are global).
+        offset = first if pool_seqs != batch else 0
+        for k in self.steps:  # what InfoNCE would check for each k
+            kept = (length - k) * cols
+            self.infonce.check((batch, kept, dim), (pool_seqs, kept, dim), first, total)
+        draws = self._draw(batch, positions, cols, pool_seqs, offset, first, total, z.device)
+        cands = candidates.reshape(pool_seqs, positions, dim)
+        ctx = c.reshape(batch, positions, c.shape[-1])
         losses: list[Tensor] = []
-        accuracy: dict[int, float] = {}
-        loss_per_step: dict[int, float] = {}
-        bounds: list[float] = []
-        for k, head in zip(self.steps, self.heads, strict=True):
-            pred = head(c[:, : length - k])  # [B, T-k(, Cc), Z]
-            targ = candidates[:, k:]  # [B or G, T-k(, Cc), Z]
-            out = self.infonce(
-                pred.reshape(batch, -1, pred.shape[-1]),
-                targ.reshape(targ.shape[0], -1, targ.shape[-1]),
-                first=first,
-                total=total,
-            )
-            losses.append(out.loss)
-            step_loss = float(out.loss.detach())
-            loss_per_step[k] = step_loss
-            accuracy[k] = float(out.accuracy)
-            bounds.append(math.log(out.num_candidates) - step_loss)
+        accuracies: list[Tensor] = []
+        for group in self._groups(batch, positions, pool_seqs):
+            loss, acc = self._score(ctx, cands, group, draws, cols, offset)
+            losses.append(loss)
+            accuracies.append(acc)
+        loss_k = torch.cat(losses)  # [K]
+        stats = torch.stack([loss_k.detach(), torch.cat(accuracies)]).tolist()  # one host sync
+        accuracy, loss_per_step, bounds = {}, {}, []
+        for i, k in enumerate(self.steps):
+            kept = (length - k) * cols
+            n_cand = self._num_candidates(kept, pool_seqs)
+            loss_per_step[k] = stats[0][i]
+            accuracy[k] = stats[1][i]
+            bounds.append(math.log(n_cand) - stats[0][i])
         return CPCLossOutput(
-            loss=torch.stack(losses).mean(),
+            loss=loss_k.mean(),
             accuracy=accuracy,
             mi_bound=sum(bounds) / len(bounds),
             loss_per_step=loss_per_step,
         )
+
+    def _num_candidates(self, kept: int, pool_seqs: int) -> int:
+        n = self.infonce.num_negatives
+        if n is not None:
+            return n + 1
+        return pool_seqs * kept if self.infonce.negatives == "batch" else kept
+
+    def _groups(self, batch: int, positions: int, pool_seqs: int) -> list[list[int]]:
+        """Indices into self.steps, in order, in groups whose scores fit the budget."""
+        width = pool_seqs * positions if self.infonce.negatives == "batch" else positions
+        per_group = max(1, self.score_budget // max(1, batch * positions * width))
+        idx = list(range(len(self.steps)))
+        return [idx[i : i + per_group] for i in range(0, len(idx), per_group)]
+
+    def _draw(
+        self,
+        batch: int,
+        positions: int,
+        cols: int,
+        pool_seqs: int,
+        offset: int,
+        first: int,
+        total: int,
+        device: torch.device,
+    ) -> list[Tensor]:
+        """Per step, the candidate columns [B*T_k, 1+n] (positive first) of its rows; or []."""
+        n = self.infonce.num_negatives
+        if n is None:
+            return []
+        out = []
+        for k in self.steps:  # in order, as InfoNCE called per k would draw
+            shift = k * cols
+            kept = positions - shift  # T_k
+            rows = torch.arange(batch * kept, device=device)
+            b, t = rows // kept, rows % kept
+            if self.infonce.negatives == "batch":
+                idx = draw_negatives(pool_seqs * kept, offset * kept + rows, n, kept, first, total)
+                neg = (idx // kept) * positions + shift + idx % kept
+                pos = (offset + b) * positions + t + shift
+            else:
+                neg = shift + draw_negatives(kept, t, n, kept, first, total)
+                pos = t + shift
+            out.append(torch.cat([pos[:, None], neg], dim=1))
+        return out
+
+    def _score(
+        self,
+        ctx: Tensor,
+        cands: Tensor,
+        group: list[int],
+        draws: list[Tensor],
+        cols: int,
+        offset: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Loss [len(group)] and accuracy [len(group)] of the steps self.steps[i], i in group."""
+        # ctx: [B, P, C]; cands: [G, P, Z] (G = B for negatives="sequence")
+        batch, positions, _ = ctx.shape
+        dim = cands.shape[-1]
+        kg = len(group)
+        heads = [self.heads[i] for i in group]
+        weight = torch.cat([h.weight for h in heads if isinstance(h, nn.Linear)])  # [kg*Z, C]
+        pred = F.linear(ctx, weight).reshape(batch, positions * kg, dim)  # rows (b, t, i)
+        if self.infonce.negatives == "batch":
+            flat = pred.reshape(batch * positions * kg, dim) @ cands.reshape(-1, dim).T
+            width = cands.shape[0] * positions  # columns: (b', t') of every candidate sequence
+        else:
+            flat = torch.bmm(pred, cands.transpose(1, 2))  # [B, P*kg, P]
+            width = positions
+        scores = flat.reshape(batch, positions, kg, width)  # bf16 under autocast
+        shifts = [self.steps[i] * cols for i in group]
+        kept = torch.tensor([positions - s for s in shifts], device=ctx.device)  # T_k
+        with torch.autocast(device_type=ctx.device.type, enabled=False):
+            if self.infonce.num_negatives is None:
+                return self._all_candidates(scores.float(), shifts, kept, offset)
+            # Sampled: only the drawn scores are taken out, and made fp32 after.
+            return self._sampled(scores, group, draws, kept)
+
+    def _all_candidates(
+        self, scores: Tensor, shifts: list[int], kept: Tensor, offset: int
+    ) -> tuple[Tensor, Tensor]:
+        # scores: [B, P, kg, W]; step i's pool is every column whose position t' >= shift_i
+        batch, positions, kg, width = scores.shape
+        device = scores.device
+        position = torch.arange(positions, device=device)
+        shift = torch.tensor(shifts, device=device)
+        outside = torch.full((kg, positions), float("-inf"), device=device)
+        outside = outside.masked_fill(position[None, :] >= shift[:, None], 0.0)  # [kg, P]
+        masked = (scores.view(batch, positions, kg, -1, positions) + outside[:, None]).view(
+            batch * positions * kg, width
+        )
+        # The positive of row (b, t, i) is candidate (offset + b, t + shift_i); rows with
+        # t >= T_i predict past the end and are left out (clamped to stay in range).
+        b = torch.arange(batch, device=device)[:, None, None]
+        target = (position[None, :, None] + shift[None, None, :]).clamp(max=positions - 1)
+        if self.infonce.negatives == "batch":
+            target = (offset + b) * positions + target
+        labels = target.expand(batch, positions, kg).reshape(-1)
+        row_loss = F.cross_entropy(masked, labels, reduction="none").view(batch, positions, kg)
+        valid = position[:, None] < kept[None, :]  # [P, kg]
+        count = (batch * kept).to(scores.dtype)
+        loss = torch.where(valid, row_loss, 0.0).sum(dim=(0, 1)) / count
+        with torch.no_grad():
+            positive = masked.gather(1, labels[:, None])
+            wins = ((masked >= positive).sum(dim=1) == 1).view(batch, positions, kg)
+            accuracy = (wins & valid).sum(dim=(0, 1)).to(scores.dtype) / count
+        return loss, accuracy
+
+    def _sampled(
+        self, scores: Tensor, group: list[int], draws: list[Tensor], kept: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        # scores: [B, P, kg, W]; draws[i]: [B*T_i, 1+n] columns of step i's rows (b, t < T_i)
+        batch, positions, kg, width = scores.shape
+        device = scores.device
+        index = []
+        for j, i in enumerate(group):
+            rows = torch.arange(draws[i].shape[0], device=device)
+            b, t = rows // kept[j], rows % kept[j]
+            row = (b * positions + t) * kg + j  # row (b, t, j) of the group's scores
+            index.append(row[:, None] * width + draws[i])
+        flat_index = torch.cat(index)  # [sum_i B*T_i, 1+n]
+        # index_select: its backward (index_add_) is the fastest scatter of the drawn scores' grads
+        logits = scores.reshape(-1).index_select(0, flat_index.reshape(-1))
+        logits = logits.view(flat_index.shape).float()
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=device)
+        row_loss = F.cross_entropy(logits, labels, reduction="none")
+        segment = torch.repeat_interleave(torch.arange(kg, device=device), batch * kept)
+        count = (batch * kept).to(logits.dtype)
+        loss = torch.zeros(kg, device=device).index_add(0, segment, row_loss) / count
+        with torch.no_grad():
+            wins = ((logits >= logits[:, :1]).sum(dim=1) == 1).to(logits.dtype)
+            accuracy = torch.zeros(kg, device=device).index_add_(0, segment, wins) / count
+        return loss, accuracy

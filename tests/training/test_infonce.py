@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from training.config import LossConfig
-from training.infonce import CPCCriterion, InfoNCE
+from training.infonce import BatchShard, CPCCriterion, InfoNCE, draw_negatives
 
 
 def naive_infonce(pred: Tensor, targ: Tensor, negatives: str) -> float:
@@ -159,3 +159,175 @@ def test_criterion_rejects_short_sequences(shape: tuple[int, ...]) -> None:
     crit = CPCCriterion(4, 4, LossConfig(prediction_steps=3))
     with pytest.raises(ValueError, match="too short"):
         crit(torch.randn(*shape, 4), torch.randn(*shape, 4))
+
+
+# --- CPCCriterion scores every k at once: the same loss as a loop over k ----------------------
+
+
+def loop_over_k(crit: CPCCriterion, z: Tensor, c: Tensor) -> Tensor:
+    """[K] per-step losses, each from `InfoNCE` called for its own k: the criterion's definition.
+
+    For a grid [B, R, Cc, D], step k moves k rows down and the positions are flattened.
+    """
+    batch, length = z.shape[:2]
+    losses = []
+    for k, head in zip(crit.steps, crit.heads, strict=True):
+        pred, targ = head(c[:, : length - k]), z[:, k:]
+        losses.append(
+            crit.infonce(
+                pred.reshape(batch, -1, pred.shape[-1]), targ.reshape(batch, -1, targ.shape[-1])
+            ).loss
+        )
+    return torch.stack(losses)
+
+
+def naive_sampled(crit: CPCCriterion, z: Tensor, c: Tensor, seed: int) -> dict[int, float]:
+    """k -> loss in float64 Python loops, over the negatives `draw_negatives` gives after `seed`.
+
+    One draw per k in step order, as the criterion draws: negatives="batch" indexes the
+    B*(T-k) targets of step k, sequence-major; negatives="sequence" the T-k of row's own sequence.
+    """
+    n = crit.infonce.num_negatives
+    assert n is not None
+    torch.manual_seed(seed)
+    b_size, length, _ = z.shape
+    z64, c64 = z.double(), c.double()
+    out = {}
+    for k, head in zip(crit.steps, crit.heads, strict=True):
+        kept = length - k
+        rows = torch.arange(b_size * kept)
+        if crit.infonce.negatives == "batch":
+            idx = draw_negatives(b_size * kept, rows, n, kept, 0, b_size)
+        else:
+            idx = draw_negatives(kept, rows % kept, n, kept, 0, b_size)
+        total = 0.0
+        for r in range(b_size * kept):
+            b, t = divmod(r, kept)
+            p = head.weight.detach().double() @ c64[b, t]
+            f_pos = float(p @ z64[b, t + k])
+            f_neg = []
+            for j in idx[r].tolist():
+                b2, t2 = divmod(j, kept) if crit.infonce.negatives == "batch" else (b, j)
+                assert (b2, t2) != (b, t)  # never the positive
+                f_neg.append(float(p @ z64[b2, t2 + k]))
+            total += math.log(sum(math.exp(f) for f in [f_pos, *f_neg])) - f_pos
+        out[k] = total / (b_size * kept)
+    return out
+
+
+@pytest.mark.parametrize("negatives", ["batch", "sequence"])
+def test_criterion_sampled_matches_naive_loop_on_the_drawn_negatives(negatives: str) -> None:
+    cfg = LossConfig(prediction_steps=4, min_step=1, negatives=negatives, num_negatives=6)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    crit = CPCCriterion(context_dim=5, encoder_dim=7, loss_cfg=cfg)
+    z, c = torch.randn(3, 9, 7) * 0.5, torch.randn(3, 9, 5) * 0.5
+    expected = naive_sampled(crit, z, c, seed=3)
+    torch.manual_seed(3)
+    out = crit(z, c)
+    assert out.loss_per_step == pytest.approx(expected, abs=1e-5)
+    assert out.loss.item() == pytest.approx(sum(expected.values()) / 4, abs=1e-5)
+
+
+@pytest.mark.parametrize("negatives", ["batch", "sequence"])
+@pytest.mark.parametrize("num_negatives", [None, 5])
+@pytest.mark.parametrize(("shape", "min_step"), [((3, 9), 1), ((2, 6, 3), 2)])
+@pytest.mark.parametrize("budget", [CPCCriterion.score_budget, 1])  # one group; a group per k
+def test_criterion_equals_infonce_per_k(
+    negatives: str, num_negatives: int | None, shape: tuple[int, ...], min_step: int, budget: int
+) -> None:
+    """Loss, per-k losses and accuracies, and every gradient, as a loop calling InfoNCE per k."""
+    cfg = LossConfig(
+        prediction_steps=4,
+        min_step=min_step,
+        negatives=negatives,  # type: ignore[arg-type]
+        num_negatives=num_negatives,
+    )
+    torch.manual_seed(0)
+    crit = CPCCriterion(context_dim=6, encoder_dim=8, loss_cfg=cfg)
+    crit.score_budget = budget
+    z = torch.randn(*shape, 8, requires_grad=True)
+    c = torch.randn(*shape, 6, requires_grad=True)
+    inputs = [z, c, *crit.heads.parameters()]
+    torch.manual_seed(5)  # the same draws in both
+    fast = crit(z, c)
+    fast_grads = torch.autograd.grad(fast.loss, inputs)
+    torch.manual_seed(5)
+    loop = loop_over_k(crit, z, c)
+    loop_grads = torch.autograd.grad(loop.mean(), inputs)
+    torch.testing.assert_close(fast.loss, loop.mean(), atol=1e-6, rtol=1e-6)
+    assert list(fast.loss_per_step.values()) == pytest.approx(loop.tolist(), abs=1e-6)
+    for got, want in zip(fast_grads, loop_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("negatives", ["batch", "sequence"])
+@pytest.mark.parametrize("num_negatives", [None, 5])
+def test_criterion_accuracy_equals_infonce_per_k(negatives: str, num_negatives: int | None) -> None:
+    cfg = LossConfig(prediction_steps=3, negatives=negatives, num_negatives=num_negatives)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    crit = CPCCriterion(context_dim=8, encoder_dim=8, loss_cfg=cfg)
+    for head in crit.heads:  # predictions near their targets, so accuracies are neither 0 nor 1
+        head.weight.data = torch.eye(8) + 0.3 * torch.randn(8, 8)
+    z = torch.randn(3, 10, 8)
+    c = torch.cat([z[:, 1:], z[:, -1:]], dim=1) + 0.5 * torch.randn(3, 10, 8)
+    torch.manual_seed(2)
+    fast = crit(z, c)
+    torch.manual_seed(2)
+    expected = []
+    for k, head in zip(crit.steps, crit.heads, strict=True):
+        expected.append(crit.infonce(head(c[:, : 10 - k]), z[:, k:]).accuracy.item())
+    assert list(fast.accuracy.values()) == pytest.approx(expected, abs=1e-6)
+    assert 0 < sum(expected) < len(expected)
+
+
+@pytest.mark.parametrize("negatives", ["batch", "sequence"])
+def test_criterion_sampled_over_shards_equals_the_whole_batch(negatives: str) -> None:
+    cfg = LossConfig(prediction_steps=3, negatives=negatives, num_negatives=4)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    crit = CPCCriterion(8, 8, cfg)
+    z, c = torch.randn(4, 10, 8), torch.randn(4, 10, 8)
+    torch.manual_seed(1)
+    whole = crit(z, c)
+    parts = []
+    for first in (0, 2):  # each rank draws as the whole batch would and keeps its rows
+        torch.manual_seed(1)
+        gather = (lambda _: z) if negatives == "batch" else None
+        parts.append(crit(z[first : first + 2], c[first : first + 2], BatchShard(first, 4, gather)))
+    torch.testing.assert_close((parts[0].loss + parts[1].loss) / 2, whole.loss)
+
+
+@pytest.mark.parametrize("num_negatives", [None, 16])
+def test_criterion_scores_in_bf16_under_autocast_with_an_fp32_loss(
+    num_negatives: int | None,
+) -> None:
+    cfg = LossConfig(prediction_steps=3, num_negatives=num_negatives)
+    torch.manual_seed(0)
+    crit = CPCCriterion(16, 16, cfg)
+    z, c = torch.randn(4, 20, 16), torch.randn(4, 20, 16)
+    torch.manual_seed(1)
+    fp32 = crit(z, c)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = crit(z, c)
+    assert bf16.loss.dtype == torch.float32 and torch.isfinite(bf16.loss)
+    assert bf16.loss.item() != fp32.loss.item()  # the products did run in bf16
+    assert bf16.loss.item() == pytest.approx(fp32.loss.item(), rel=0.02)
+
+
+def test_criterion_syncs_with_the_host_once_per_call() -> None:
+    """Per-k numbers come back in one transfer, not one .item()/float() per k."""
+    crit = CPCCriterion(8, 8, LossConfig(prediction_steps=5, num_negatives=3))
+    z, c = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
+    calls = []
+    original = Tensor.tolist
+
+    def counting(self: Tensor) -> object:
+        calls.append(self.shape)
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Tensor, "tolist", counting)
+        mp.setattr(Tensor, "item", lambda self: pytest.fail("item() in the criterion"))
+        mp.setattr(Tensor, "__float__", lambda self: pytest.fail("float() in the criterion"))
+        crit(z, c)
+    assert calls == [torch.Size([2, 5])]
