@@ -22,6 +22,7 @@ import numpy as np
 
 from bench.machine import machine_info, setup_logging, write_results
 from service.vectors.backend import CollectionBackend
+from service.vectors.index import set_faiss_threads
 from service.vectors.manager import CollectionManager
 from service.vectors.milvus import MilvusCollections
 
@@ -94,6 +95,7 @@ def run(
 ) -> list[dict[str, Any]]:
     """Every (backend, index) row; Milvus rows only with `milvus_uri`."""
     rows: list[dict[str, Any]] = []
+    previous = set_faiss_threads(1)  # as the service runs FAISS
     with tempfile.TemporaryDirectory(prefix="cpc-bench-") as tmp:
         embedded = CollectionManager(Path(tmp))
         try:
@@ -101,6 +103,7 @@ def run(
                 rows += measure("embedded", embedded, index, vectors, queries, {"-": embedded})
         finally:
             embedded.close_all()
+            set_faiss_threads(previous)
     if milvus_uri:
         prefix = f"bench{uuid.uuid4().hex[:6]}_"
         strong = MilvusCollections(milvus_uri, prefix=prefix, consistency="Strong")
