@@ -234,3 +234,34 @@ def test_onnx_export_dynamic_batch(modality: str, tmp_path: Path) -> None:
         z_o, c_o = session.run(["z", "c"], {"x": x.numpy()})
         np.testing.assert_allclose(z_o, z.numpy(), atol=1e-4)
         np.testing.assert_allclose(c_o, c.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kernels", "strides"),
+    [
+        ((10, 8, 4, 4, 4), (5, 4, 2, 2, 2)),  # the default: every kernel twice its stride
+        ((7, 5, 3, 1), (3, 2, 3, 1)),  # kernels of 1, 2 and 3 blocks of their stride
+        ((3, 6, 2), (2, 4, 1)),  # kernels that are no multiple of their stride
+    ],
+)
+@pytest.mark.parametrize("num_samples", [1001, 2047])
+def test_audio_training_rows_equal_the_convolutions(
+    kernels: tuple[int, ...], strides: tuple[int, ...], num_samples: int
+) -> None:
+    """In training the encoder runs as products over [B, T, C] rows: same values and gradients."""
+    cfg = dataclasses.replace(AUDIO, conv_kernels=kernels, conv_strides=strides)
+    torch.manual_seed(0)
+    encoder = build_model(TrainConfig(modality="audio", model=cfg)).encoder
+    x = torch.randn(3, num_samples, requires_grad=True)
+    results = []
+    for training in (False, True):  # eval: the convolutions ONNX export sees
+        encoder.train(training)
+        z = encoder(x)
+        grads = torch.autograd.grad(
+            (z * torch.linspace(-1, 1, z.shape[-1])).sum(), [x, *encoder.parameters()]
+        )
+        results.append((z, grads))
+    (z_conv, g_conv), (z_rows, g_rows) = results
+    torch.testing.assert_close(z_rows, z_conv, atol=1e-5, rtol=1e-5)
+    for got, want in zip(g_rows, g_conv, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
