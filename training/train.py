@@ -90,7 +90,8 @@ class CPCObjective(nn.Module):
             self.device_type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None
         ):
             z, c = self.model(x)
-        out: CPCLossOutput = self.criterion(z.float(), c.float(), shard)  # fp32 loss
+            # The criterion's score products follow the autocast; its softmax and loss are fp32.
+            out: CPCLossOutput = self.criterion(z.float(), c.float(), shard)
         return out
 
 
