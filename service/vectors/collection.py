@@ -33,9 +33,8 @@ from service.vectors.index import (
 )
 from service.vectors.store import Item, ItemStore, Original
 from service.vectors.validation import (
+    prepare_items,
     prepare_vector,
-    validate_item_id,
-    validate_metadata,
 )
 
 logger = logging.getLogger(__name__)
@@ -205,15 +204,7 @@ class Collection:
 
     def describe(self) -> dict[str, Any]:
         self._check_open()
-        info = self.info
-        return {
-            "name": info.name,
-            "model": info.model,
-            "dim": info.dim,
-            "pooling": info.pooling,
-            "count": self.count(),
-            "index": info.index,
-        }
+        return self.info.describe(self.count())
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -227,16 +218,7 @@ class Collection:
         `originals` gives each item (in order) the original to keep, or None; an item
         written without one loses the one it had (see `service.vectors.store`).
         """
-        if not items:
-            raise InvalidInput("no items to upsert")
-        prepared = [
-            (
-                validate_item_id(item_id),
-                prepare_vector(vector, self.dim, self.name),
-                validate_metadata(metadata, self.max_metadata_bytes),
-            )
-            for item_id, vector, metadata in items
-        ]
+        prepared = prepare_items(items, self.dim, self.name, self.max_metadata_bytes)
         with self._writer:
             self._check_open()
             with self._rw.write():

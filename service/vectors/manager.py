@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from service.durable import fsync_dir
-from service.errors import Conflict, InvalidInput, NotFound
-from service.inference.pooling import VECTOR_POOLINGS, VectorPooling, pooled_dim
+from service.errors import Conflict, NotFound
+from service.inference.pooling import VectorPooling, pooled_dim
 from service.vectors.collection import STORE_FILE, Collection
-from service.vectors.index import INDEX_KINDS
 from service.vectors.store import CollectionInfo, ItemStore
-from service.vectors.validation import NAME_RE, validate_collection_name
+from service.vectors.validation import NAME_RE, check_new_collection
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +80,7 @@ class CollectionManager:
     ) -> Collection:
         """A new empty collection of `dim`-value vectors pooled with `pooling`; Conflict if
         the name is taken."""
-        validate_collection_name(name)
-        if index not in INDEX_KINDS:
-            raise InvalidInput(f"unknown index '{index}'; choose one of {', '.join(INDEX_KINDS)}")
-        if pooling not in VECTOR_POOLINGS:
-            raise InvalidInput(
-                f"unknown pooling {pooling!r} for a collection; choose one of "
-                f"{', '.join(VECTOR_POOLINGS)}"
-            )
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise InvalidInput(f"dim must be a positive whole number, not {dim!r}")
-        if not isinstance(model, str) or not model:
-            raise InvalidInput("a collection needs the name of its model")
+        check_new_collection(name, model, dim, index, pooling)
         with self._lock:
             final = self.root / name
             if name in self._collections or final.exists():

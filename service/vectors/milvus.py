@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge, Unavailable
-from service.inference.pooling import VECTOR_POOLINGS, VectorPooling, pooled_dim
+from service.inference.pooling import VectorPooling, pooled_dim
 from service.vectors.collection import SearchHit
 from service.vectors.filters import CONDITIONS, Condition, FilterLimits, matches, parse_filter
 from service.vectors.milvus_connection import (
@@ -70,10 +70,9 @@ from service.vectors.milvus_schema import (
 from service.vectors.store import CollectionInfo, Item, Original, dump_metadata
 from service.vectors.validation import (
     NAME_RE,
+    check_new_collection,
+    prepare_items,
     prepare_vector,
-    validate_collection_name,
-    validate_item_id,
-    validate_metadata,
 )
 
 logger = logging.getLogger(__name__)
@@ -283,15 +282,7 @@ class MilvusCollection:
 
     def describe(self) -> dict[str, Any]:
         self._check_open()
-        info = self.info
-        return {
-            "name": info.name,
-            "model": info.model,
-            "dim": info.dim,
-            "pooling": info.pooling,
-            "count": self.count(),
-            "index": info.index,
-        }
+        return self.info.describe(self.count())
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -305,18 +296,9 @@ class MilvusCollection:
         `originals` gives each item (in order) the original to keep, or None; an item
         written without one loses the one it had. An id given twice: the last one wins.
         """
-        if not items:
-            raise InvalidInput("no items to upsert")
+        prepared = prepare_items(items, self.dim, self.name, self.max_metadata_bytes)
         if originals is not None and len(originals) != len(items):
             raise ValueError(f"{len(originals)} originals for {len(items)} items")
-        prepared = [
-            (
-                validate_item_id(item_id),
-                prepare_vector(vector, self.dim, self.name),
-                validate_metadata(metadata, self.max_metadata_bytes),
-            )
-            for item_id, vector, metadata in items
-        ]
         kept = list(originals) if originals is not None else [None] * len(items)
         rows: dict[str, dict[str, Any]] = {}
         now = time.time()
@@ -709,20 +691,7 @@ class MilvusCollections:
     ) -> MilvusCollection:
         """A new empty collection of `dim`-value vectors pooled with `pooling`; Conflict if
         the name is taken."""
-        validate_collection_name(name)
-        if index not in INDEX_KINDS:
-            raise InvalidInput(f"unknown index '{index}'; choose one of {', '.join(INDEX_KINDS)}")
-        if pooling not in VECTOR_POOLINGS:
-            raise InvalidInput(
-                f"unknown pooling {pooling!r} for a collection; choose one of "
-                f"{', '.join(VECTOR_POOLINGS)}"
-            )
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise InvalidInput(f"dim must be a positive whole number, not {dim!r}")
-        if dim > MAX_DIM:
-            raise InvalidInput(f"dim must be at most {MAX_DIM} with the Milvus backend, not {dim}")
-        if not isinstance(model, str) or not model:
-            raise InvalidInput("a collection needs the name of its model")
+        check_new_collection(name, model, dim, index, pooling, max_dim=(MAX_DIM, "Milvus backend"))
         with self._lock:
             if self._described(name) is not None:
                 raise Conflict(f"collection '{name}' already exists")

@@ -66,6 +66,17 @@ class CollectionInfo:
     created_at: str = ""
     format: int = STORE_FORMAT
 
+    def describe(self, count: int) -> dict[str, Any]:
+        """The collection's description in the API (GET /collections/{name})."""
+        return {
+            "name": self.name,
+            "model": self.model,
+            "dim": self.dim,
+            "pooling": self.pooling,
+            "count": count,
+            "index": self.index,
+        }
+
 
 @dataclass(frozen=True)
 class Item:

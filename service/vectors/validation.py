@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from service.errors import Conflict, InvalidInput, TooLarge
+from service.inference.pooling import VECTOR_POOLINGS
+from service.vectors.index import INDEX_KINDS
 from service.vectors.store import dump_metadata
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -95,3 +97,49 @@ def prepare_vector(vector: object, dim: int, collection: str) -> np.ndarray:
         raise InvalidInput("vector is all zeros, so it has no direction to compare")
     arr = arr / scale
     return (arr / np.linalg.norm(arr)).astype(np.float32)
+
+
+def check_new_collection(
+    name: str,
+    model: str,
+    dim: int,
+    index: str,
+    pooling: str,
+    max_dim: tuple[int, str] | None = None,
+) -> None:
+    """InvalidInput unless these describe a collection a backend can create (`max_dim`: the
+    backend's largest dim and its name, if it has one)."""
+    validate_collection_name(name)
+    if index not in INDEX_KINDS:
+        raise InvalidInput(f"unknown index '{index}'; choose one of {', '.join(INDEX_KINDS)}")
+    if pooling not in VECTOR_POOLINGS:
+        raise InvalidInput(
+            f"unknown pooling {pooling!r} for a collection; choose one of "
+            f"{', '.join(VECTOR_POOLINGS)}"
+        )
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise InvalidInput(f"dim must be a positive whole number, not {dim!r}")
+    if max_dim is not None and dim > max_dim[0]:
+        raise InvalidInput(f"dim must be at most {max_dim[0]} with the {max_dim[1]}, not {dim}")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("a collection needs the name of its model")
+
+
+def prepare_items(
+    items: Sequence[tuple[str, Any, Mapping[str, Any] | None]],
+    dim: int,
+    collection: str,
+    max_metadata_bytes: int,
+) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+    """Upsert items `(id, vector, metadata)` checked and normalised, in order; the first bad
+    one raises."""
+    if not items:
+        raise InvalidInput("no items to upsert")
+    return [
+        (
+            validate_item_id(item_id),
+            prepare_vector(vector, dim, collection),
+            validate_metadata(metadata, max_metadata_bytes),
+        )
+        for item_id, vector, metadata in items
+    ]
