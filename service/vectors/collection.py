@@ -33,7 +33,7 @@ from service.vectors.index import (
 )
 from service.vectors.store import Item, ItemStore, Original
 from service.vectors.validation import (
-    prepare_items,
+    checked_items,
     prepare_vector,
 )
 
@@ -218,7 +218,7 @@ class Collection:
         `originals` gives each item (in order) the original to keep, or None; an item
         written without one loses the one it had (see `service.vectors.store`).
         """
-        prepared = prepare_items(items, self.dim, self.name, self.max_metadata_bytes)
+        prepared = checked_items(items, self.dim, self.name, self.max_metadata_bytes)
         with self._writer:
             self._check_open()
             with self._rw.write():

@@ -71,7 +71,7 @@ from service.vectors.store import CollectionInfo, Item, Original, dump_metadata
 from service.vectors.validation import (
     NAME_RE,
     check_new_collection,
-    prepare_items,
+    checked_items,
     prepare_vector,
 )
 
@@ -296,7 +296,7 @@ class MilvusCollection:
         `originals` gives each item (in order) the original to keep, or None; an item
         written without one loses the one it had. An id given twice: the last one wins.
         """
-        prepared = prepare_items(items, self.dim, self.name, self.max_metadata_bytes)
+        prepared = checked_items(items, self.dim, self.name, self.max_metadata_bytes)
         if originals is not None and len(originals) != len(items):
             raise ValueError(f"{len(originals)} originals for {len(items)} items")
         kept = list(originals) if originals is not None else [None] * len(items)

@@ -125,7 +125,7 @@ def check_new_collection(
         raise InvalidInput("a collection needs the name of its model")
 
 
-def prepare_items(
+def checked_items(
     items: Sequence[tuple[str, Any, Mapping[str, Any] | None]],
     dim: int,
     collection: str,
