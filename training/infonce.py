@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -326,8 +327,8 @@ class CPCCriterion(nn.Module):
         batch, positions, _ = ctx.shape
         dim = cands.shape[-1]
         kg = len(group)
-        heads = [self.heads[i] for i in group]
-        weight = torch.cat([h.weight for h in heads if isinstance(h, nn.Linear)])  # [kg*Z, C]
+        heads = [cast(nn.Linear, self.heads[i]) for i in group]
+        weight = torch.cat([h.weight for h in heads])  # [kg*Z, C]
         pred = F.linear(ctx, weight).reshape(batch, positions * kg, dim)  # rows (b, t, i)
         if self.infonce.negatives == "batch":
             flat = pred.reshape(batch * positions * kg, dim) @ cands.reshape(-1, dim).T
