@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput, NotFound
-from service.vectors.filters import CONDITIONS, parse_filter
+from service.vectors.filters import as_condition
 from service.vectors.index import (
     SnapshotError,
     VectorIndex,
@@ -332,7 +332,7 @@ class Collection:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInput("k must be a positive whole number")
         query = prepare_vector(vector, self.dim, self.name)
-        where = filter if isinstance(filter, CONDITIONS) else parse_filter(filter)
+        where = as_condition(filter)
         with self._rw.read():
             self._check_open()
             allowed = self.store.filter_seqs(where) if where is not None else None

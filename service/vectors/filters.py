@@ -11,9 +11,9 @@ the combinators `{"and": [...]}`, `{"or": [...]}` and `{"not": {...}}`. The exac
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from service.errors import InvalidInput
 
@@ -152,6 +152,11 @@ def _check_value(value: object, where: str) -> None:
             raise InvalidInput(f"{where}: a value that is not JSON")
 
 
+def as_condition(obj: object, limits: FilterLimits | None = None) -> Condition | None:
+    """A condition as it is, or the JSON of one parsed (what a collection's `search` takes)."""
+    return obj if isinstance(obj, CONDITIONS) else parse_filter(obj, limits)
+
+
 def parse_filter(obj: object, limits: FilterLimits | None = None) -> Condition | None:
     """The condition of a request's `filter`; None (or {}) is no filter. InvalidInput if bad."""
     if obj is None or (isinstance(obj, Mapping) and not obj):
@@ -216,6 +221,47 @@ def matches(cond: Condition, metadata: Mapping[str, Any]) -> bool:
     return not matches(cond.part, metadata)
 
 
+# --- narrowing: what a store can test before `matches` ---------------------------------------
+
+
+class Narrowed(Protocol):
+    """A clause a store can run; `exact`: it selects exactly the matching items, otherwise a
+    superset that `matches` checks row by row."""
+
+    @property
+    def exact(self) -> bool: ...
+
+
+N = TypeVar("N", bound=Narrowed)
+
+
+def narrow(
+    cond: Condition,
+    field: Callable[[Field], N | None],
+    join: Callable[[str, list[N], bool], N],
+    negate: Callable[[N | None], N | None],
+) -> N | None:
+    """The narrowest clause a store's compiler writes for `cond` (None: it cannot narrow).
+
+    `field` writes one key test, `join("and" | "or", parts, exact)` combines clauses and
+    `negate` writes `not`. An `and` keeps the parts it can write (dropping one only widens
+    the superset); an `or` with a part it cannot write cannot narrow at all.
+    """
+    if isinstance(cond, Field):
+        return field(cond)
+    if isinstance(cond, Not):
+        return negate(narrow(cond.part, field, join, negate))
+    parts = [narrow(p, field, join, negate) for p in cond.parts]
+    kept = [p for p in parts if p is not None]
+    if isinstance(cond, All):
+        if not kept:
+            return None
+        return join("and", kept, len(kept) == len(parts) and all(p.exact for p in kept))
+    if len(kept) < len(parts):
+        return None
+    return join("or", kept, all(p.exact for p in kept))
+
+
 # --- SQLite (the embedded store) ---------------------------------------------------------------
 
 
@@ -256,41 +302,27 @@ def _scalar_sql(path: str, op: str, value: Any) -> tuple[str, list[Any]] | None:
     return None  # arrays and objects: checked in Python
 
 
+def _sql_field(cond: Field) -> Sql | None:
+    if '"' in cond.key or "\\" in cond.key or any(ord(ch) < 0x20 for ch in cond.key):
+        return None  # not expressible as a quoted SQLite JSON path label
+    path = f'$."{cond.key}"'
+    if cond.op == "in":
+        ors = [_scalar_sql(path, "eq", v) for v in cond.value]
+        if not ors or any(o is None for o in ors):
+            return None
+        return _sql_join("or", [Sql(o[0], tuple(o[1]), True) for o in ors if o], True)
+    if cond.op in ("ne", "nin"):
+        return None
+    found = _scalar_sql(path, cond.op, cond.value)
+    return None if found is None else Sql(found[0], tuple(found[1]), True)
+
+
+def _sql_join(word: str, parts: list[Sql], exact: bool) -> Sql:
+    clause = "(" + f" {word.upper()} ".join(p.clause for p in parts) + ")"
+    return Sql(clause, tuple(v for p in parts for v in p.params), exact)
+
+
 def to_sql(cond: Condition) -> Sql | None:
-    """The narrowest SQLite clause this module can write for `cond`; None selects everything."""
-    if isinstance(cond, Field):
-        if '"' in cond.key or "\\" in cond.key or any(ord(ch) < 0x20 for ch in cond.key):
-            return None  # not expressible as a quoted SQLite JSON path label
-        path = f'$."{cond.key}"'
-        if cond.op == "in":
-            ors = [_scalar_sql(path, "eq", v) for v in cond.value]
-            if not ors or any(o is None for o in ors):
-                return None
-            clause = "(" + " OR ".join(o[0] for o in ors if o) + ")"
-            return Sql(clause, tuple(p for o in ors if o for p in o[1]), True)
-        if cond.op in ("ne", "nin"):
-            return None
-        found = _scalar_sql(path, cond.op, cond.value)
-        return None if found is None else Sql(found[0], tuple(found[1]), True)
-    if isinstance(cond, All):
-        parts = [to_sql(p) for p in cond.parts]
-        kept = [p for p in parts if p is not None]
-        if not kept:
-            return None
-        exact = len(kept) == len(parts) and all(p.exact for p in kept)
-        return Sql(
-            "(" + " AND ".join(p.clause for p in kept) + ")",
-            tuple(v for p in kept for v in p.params),
-            exact,
-        )
-    if isinstance(cond, AnyOf):
-        parts = [to_sql(p) for p in cond.parts]
-        if any(p is None for p in parts):
-            return None
-        kept = [p for p in parts if p is not None]
-        return Sql(
-            "(" + " OR ".join(p.clause for p in kept) + ")",
-            tuple(v for p in kept for v in p.params),
-            all(p.exact for p in kept),
-        )
-    return None  # not: checked in Python
+    """The narrowest SQLite clause this module can write for `cond`; None selects everything.
+    `not` is left to Python."""
+    return narrow(cond, _sql_field, _sql_join, lambda _: None)

@@ -48,7 +48,7 @@ import numpy as np
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge, Unavailable
 from service.inference.pooling import VectorPooling, pooled_dim
 from service.vectors.collection import SearchHit
-from service.vectors.filters import CONDITIONS, Condition, FilterLimits, matches, parse_filter
+from service.vectors.filters import Condition, FilterLimits, as_condition, matches
 from service.vectors.milvus_connection import (
     CollectionMissing,
     CollectionNotLoaded,
@@ -133,13 +133,6 @@ def _id_list(ids: Sequence[str]) -> str | None:
     """`id in [...]` of the ids that can be written as literals (others cannot exist)."""
     literals = [lit for i in ids if isinstance(i, str) and (lit := string_literal(i)) is not None]
     return f"id in [{', '.join(literals)}]" if literals else None
-
-
-def _as_condition(filter: object, limits: FilterLimits) -> Condition | None:
-    """A parsed filter as it is, the JSON of one parsed (None: no filter)."""
-    if isinstance(filter, CONDITIONS):
-        return filter
-    return parse_filter(filter, limits)
 
 
 def _item(row: Mapping[str, Any], with_vector: bool) -> Item:
@@ -487,7 +480,7 @@ class MilvusCollection:
         if k > MAX_TOPK:
             raise InvalidInput(f"k must be at most {MAX_TOPK} with the Milvus backend")
         query = prepare_vector(vector, self.dim, self.name)
-        cond = _as_condition(filter, self.filter_limits)
+        cond = as_condition(filter, self.filter_limits)
         self._check_open()
         if cond is None:
             return self._search(query, k, None)

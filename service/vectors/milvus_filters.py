@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from service.vectors.filters import All, AnyOf, Condition, Field
+from service.vectors.filters import Condition, Field, narrow
 
 FIELD = "metadata"
 NEVER = 'id == ""'  # item ids are never empty: selects nothing
@@ -156,23 +156,12 @@ def _field(cond: Field) -> Expr | None:
     return _ordered(path, cond.op, cond.value)
 
 
+def _join(word: str, parts: list[Expr], exact: bool) -> Expr:
+    text = parts[0].text if len(parts) == 1 else f" {word} ".join(f"({p.text})" for p in parts)
+    return Expr(text, exact)
+
+
 def compile_filter(cond: Condition) -> Expr | None:
     """The narrowest Milvus expression this module can write for `cond` (exact or a
     superset); None when it cannot narrow the items at all."""
-    if isinstance(cond, Field):
-        return _field(cond)
-    if isinstance(cond, All):
-        parts = [compile_filter(p) for p in cond.parts]
-        kept = [p for p in parts if p is not None]
-        if not kept:
-            return None
-        text = kept[0].text if len(kept) == 1 else " and ".join(f"({p.text})" for p in kept)
-        return Expr(text, len(kept) == len(parts) and all(p.exact for p in kept))
-    if isinstance(cond, AnyOf):
-        found = [compile_filter(p) for p in cond.parts]
-        if any(p is None for p in found):
-            return None  # one part unrestricted: so is the whole
-        ors = [p for p in found if p is not None]
-        text = ors[0].text if len(ors) == 1 else " or ".join(f"({p.text})" for p in ors)
-        return Expr(text, all(p.exact for p in ors))
-    return _negated(compile_filter(cond.part))
+    return narrow(cond, _field, _join, _negated)
