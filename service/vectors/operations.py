@@ -3,7 +3,7 @@
 `open_collections` (at start-up), `prepare_items` (validate a whole upsert and
 embed its inputs through `embed_inputs`, the batching path /embed uses, with
 the collection's pooling, and make the originals, before anything is written),
-`query_vector` (the vector a search looks for) and `write_items` /
+`query_vectors` (the vectors a search looks for) and `write_items` /
 `delete_item` (the fsynced store writes, in a worker thread, then the
 cpc_collection_items gauge). Errors are the domain errors of `service.errors`;
 an item's error names it (`items[3].input: ...`).
@@ -206,9 +206,10 @@ async def prepare_items(
     return prepared, originals
 
 
-def _at_items(exc: CPCError, where: Sequence[int]) -> CPCError:
-    """An error about "input j" of a batch, reworded as one about "items[where[j]].input"."""
-    detail = _INPUT_PREFIX.sub(lambda m: f"items[{where[int(m[1])]}].input", exc.detail)
+def _at_items(exc: CPCError, where: Sequence[int], label: str = "items") -> CPCError:
+    """An error about "input j" of a batch, reworded as one about "items[where[j]].input"
+    (`label`: "items" or "queries")."""
+    detail = _INPUT_PREFIX.sub(lambda m: f"{label}[{where[int(m[1])]}].input", exc.detail)
     return _renamed(exc, detail)
 
 
@@ -219,11 +220,12 @@ async def _embed(
     settings: Settings,
     inputs: Sequence[ApiInput],
     where: Sequence[int] | None = None,
+    label: str = "items",
 ) -> list[np.ndarray]:
     """The normalised context vectors of `inputs` with `coll`'s model (`served`) and pooling.
 
-    With `where` (the item index of each input), an error about "input j" is
-    reported as one about "items[where[j]].input".
+    With `where` (the item or query index of each input), an error about "input j" is
+    reported as one about "<label>[where[j]].input".
     """
     try:
         result = await embed_inputs(
@@ -236,7 +238,7 @@ async def _embed(
     except CPCError as exc:
         if where is None:
             raise
-        raise _at_items(exc, where) from exc
+        raise _at_items(exc, where, label) from exc
     return result.vectors
 
 
@@ -269,19 +271,39 @@ async def delete_item(coll: CollectionHandle, item_id: str, metrics: Metrics) ->
 # --- search ----------------------------------------------------------------------------------
 
 
-async def query_vector(
+async def query_vectors(
     coll: CollectionHandle,
     registry: ModelRegistry,
     settings: Settings,
-    *,
-    input: ApiInput | None,
-    vector: Sequence[float] | None,
-) -> np.ndarray:
-    """The normalised vector a search looks for: `vector` as given or `input` embedded."""
-    if vector is not None:
-        check_vector_length(len(vector), settings.max_vector_dim)
-        return prepare_vector(vector, coll.dim, coll.name)
-    if input is None:
-        raise InvalidInput("give exactly one of `input` and `vector`")
-    (embedded,) = await _embed(coll, model_of(coll, registry), registry, settings, [input])
-    return prepare_vector(embedded, coll.dim, coll.name)
+    queries: Sequence[tuple[ApiInput | None, Sequence[float] | None]],
+) -> list[np.ndarray]:
+    """The normalised vector each search looks for, `(input, vector)` each: a vector as
+    given, the inputs embedded together (CPC_MAX_BATCH a call). With several queries an
+    error names its query ("queries[j]")."""
+    several = len(queries) > 1
+    vectors: list[np.ndarray | None] = []
+    for j, (value, vector) in enumerate(queries):
+        try:
+            if (value is None) == (vector is None):
+                raise InvalidInput("give exactly one of `input` and `vector`")
+            if vector is not None:
+                check_vector_length(len(vector), settings.max_vector_dim)
+                vectors.append(prepare_vector(vector, coll.dim, coll.name))
+            else:
+                vectors.append(None)
+        except CPCError as exc:
+            if not several:
+                raise
+            raise _renamed(exc, f"queries[{j}]: {exc.detail}") from exc
+    to_embed = [j for j, v in enumerate(vectors) if v is None]
+    if to_embed:
+        served = model_of(coll, registry)
+        for start in range(0, len(to_embed), settings.max_batch):
+            where = to_embed[start : start + settings.max_batch]
+            inputs = [value for j in where if (value := queries[j][0]) is not None]
+            embedded = await _embed(
+                coll, served, registry, settings, inputs, where if several else None, "queries"
+            )
+            for j, e in zip(where, embedded, strict=True):
+                vectors[j] = prepare_vector(e, coll.dim, coll.name)
+    return [v for v in vectors if v is not None]

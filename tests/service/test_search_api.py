@@ -240,3 +240,18 @@ def test_max_k_follows_the_setting(make_client: MakeClient) -> None:
     assert c.post("/search", json={**body, "k": 5}).status_code == 200
     r = c.post("/search", json={**body, "k": 6})
     assert r.status_code == 422 and "from 1 to 5" in r.json()["detail"]
+
+
+def test_several_queries_by_input_answer_as_one_query_each(searchable: TestClient) -> None:
+    queries = [{"input": TEXTS[1]}, {"vector": VECTORS[0][:16]}, {"input": TEXTS[2]}]
+    r = searchable.post("/search", json={"collection": "docs", "k": 3, "queries": queries})
+    assert r.status_code == 200, r.text
+    for got, query in zip(r.json()["results"], queries, strict=True):
+        alone = searchable.post("/search", json={"collection": "docs", "k": 3, **query})
+        assert [h["id"] for h in got] == [h["id"] for h in alone.json()["results"]]
+
+
+def test_a_bad_input_among_several_queries_names_its_query(searchable: TestClient) -> None:
+    queries = [{"input": TEXTS[1]}, {"input": ""}]
+    r = searchable.post("/search", json={"collection": "docs", "queries": queries})
+    assert r.status_code == 400 and r.json()["detail"].startswith("queries[1].input"), r.text

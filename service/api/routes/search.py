@@ -39,7 +39,7 @@ from service.inference.inputs import ApiInput
 from service.vectors.backend import CollectionHandle
 from service.vectors.collection import SearchHit
 from service.vectors.filters import FilterLimits, parse_filter
-from service.vectors.operations import get_collection, query_vector
+from service.vectors.operations import get_collection, query_vectors
 
 router = APIRouter(tags=["search"])
 
@@ -126,9 +126,9 @@ async def search(
     limits = FilterLimits(settings.max_filter_terms, settings.max_filter_depth)
     wheres = [parse_filter(q.filter, limits) for q in queries]
     coll = get_collection(collections, options.collection)
+    vectors = await query_vectors(coll, registry, settings, [(q.input, q.vector) for q in queries])
     results = []
-    for q, where in zip(queries, wheres, strict=True):
-        vector = await query_vector(coll, registry, settings, input=q.input, vector=q.vector)
+    for vector, where in zip(vectors, wheres, strict=True):
         hits = await asyncio.to_thread(coll.search, vector, options.k, where)
         results.append(await _results(coll, hits, options.with_original))
     return OrjsonResponse({"collection": coll.name, "results": results if several else results[0]})
