@@ -40,6 +40,7 @@ from service.errors import BundleError, Unavailable
 from service.inference.allocator import tune_allocator
 from service.inference.registry import ModelRegistry, load_registry
 from service.metrics import Metrics
+from service.vectors.backend import CollectionBackend
 from service.vectors.datalock import DataDirLock
 from service.vectors.filters import FilterLimits
 from service.vectors.index import set_faiss_threads
@@ -203,26 +204,36 @@ async def _serve(app: FastAPI) -> AsyncIterator[None]:
         ", ".join(registry.names) or "none",
         len(manager.list()),
     )
+    try:
+        async with _until_shutdown(state, registry, manager, [snapshots]):
+            yield
+    finally:
+        data_lock.release()
+
+
+@asynccontextmanager
+async def _until_shutdown(
+    state: Any,
+    registry: ModelRegistry,
+    manager: CollectionBackend,
+    tasks: list[asyncio.Task[None] | None],
+) -> AsyncIterator[None]:
+    """Serve until shutdown, then drain: /ready turns 503 at the first signal; at the end
+    the background `tasks` stop, then the batchers, then the collections close."""
     restore_signals = start_draining_on_signals(state)
     try:
         yield
     finally:
         state.draining = True
         restore_signals()
-        try:
-            await _stop_task(snapshots)
-            await registry.stop()
-            await asyncio.to_thread(manager.close_all)  # writes the changed snapshots
-        finally:
-            data_lock.release()
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await registry.stop()
+        await asyncio.to_thread(manager.close_all)  # embedded: writes the changed snapshots
         logger.info("stopped")
-
-
-async def _stop_task(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @asynccontextmanager
@@ -250,17 +261,8 @@ async def _serve_with_milvus(app: FastAPI) -> AsyncIterator[None]:
     opening = asyncio.create_task(_open_milvus_collections(app, manager, registry))
     counting = asyncio.create_task(_count_loop(app))
     logger.info("ready with %d model(s): %s", len(registry), ", ".join(registry.names) or "none")
-    restore_signals = start_draining_on_signals(state)
-    try:
+    async with _until_shutdown(state, registry, manager, [opening, counting]):
         yield
-    finally:
-        state.draining = True
-        restore_signals()
-        await _stop_task(opening)
-        await _stop_task(counting)
-        await registry.stop()
-        await asyncio.to_thread(manager.close_all)
-        logger.info("stopped")
 
 
 def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
