@@ -89,6 +89,10 @@ class DataConfig:
     # audio: time-domain effects applied to training crops (see training.augment), any of
     # "gain", "noise", "bandreject", "reverb"; none by default
     audio_augment: tuple[str, ...] = ()
+    # with several data folders: each one's share of every training batch, in the order the
+    # folders are given (normalised; 0 leaves a folder out); empty pools the folders, so each
+    # weighs as much as it holds (files for audio and images, token units for text)
+    folder_weights: tuple[float, ...] = ()
 
 
 @dataclass

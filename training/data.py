@@ -25,6 +25,7 @@ from service.preprocess.image import IMAGE_EXTENSIONS, array_to_patches, image_t
 from service.preprocess.text import CHUNK_SPLITTER, TextTokenizer, split_sentences
 from training.augment import augment_batch, check_augmentations
 from training.config import AudioModelConfig, ImageModelConfig, TextModelConfig, TrainConfig
+from training.mixing import MixedDataset, files_by_folder
 
 logger = logging.getLogger(__name__)
 TEXT_EXTENSIONS = (".txt",)
@@ -307,6 +308,21 @@ def data_folders(data_dir: DataDirs) -> list[Path]:
     return folders
 
 
+def folder_shares(weights: Sequence[float], folders: Sequence[Path]) -> np.ndarray:
+    """`weights` normalised to sum to 1, after checking there is one per folder."""
+    if len(weights) != len(folders):
+        raise DataError(
+            f"data.folder_weights has {len(weights)} weights for {len(folders)} data folders "
+            f"({', '.join(map(str, folders))}); give one weight per folder, in the same order"
+        )
+    shares = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(shares).all() or (shares < 0).any() or shares.sum() <= 0:
+        raise DataError(
+            f"data.folder_weights must be non-negative numbers, not all zero; got {list(weights)}"
+        )
+    return shares / shares.sum()
+
+
 def load_datasets(cfg: TrainConfig, data_dir: DataDirs, run_dir: Path) -> Datasets:
     """Read the data folder(s) for `cfg.modality` (`cfg.data.split` applies to each one's
     manifest); text also trains (or reuses) RUN_DIR/tokenizer.json."""
@@ -322,17 +338,21 @@ def load_datasets(cfg: TrainConfig, data_dir: DataDirs, run_dir: Path) -> Datase
         "val_files": len(val_files),
     }
     model = cfg.model
+    weights = cfg.data.folder_weights
     if isinstance(model, AudioModelConfig):
-        train: Dataset = load_audio_dataset(
-            train_files, model, cfg.data.window, cfg.data.audio_augment
+        window, effects = cfg.data.window, cfg.data.audio_augment
+        train = _mixed(
+            lambda f: load_audio_dataset(f, model, window, effects), train_files, folders, weights
         )
-        window = cfg.data.window
         val: Dataset | None = _optional(
             lambda: load_audio_dataset(val_files, model, window), val_files
         )
         return Datasets(train, val, {**desc, **train.describe()})
     if isinstance(model, ImageModelConfig):
-        train = load_image_dataset(train_files, model, cfg.data.patch_jitter)
+        jitter = cfg.data.patch_jitter
+        train = _mixed(
+            lambda f: load_image_dataset(f, model, jitter), train_files, folders, weights
+        )
         val = _optional(lambda: load_image_dataset(val_files, model), val_files)
         return Datasets(train, val, {**desc, **train.describe()})
     assert isinstance(model, TextModelConfig)
@@ -356,12 +376,47 @@ def load_datasets(cfg: TrainConfig, data_dir: DataDirs, run_dir: Path) -> Datase
             f"{model.vocab_size}; raise model.vocab_size to at least that"
         )
     window = cfg.data.window
-    train = load_text_dataset(train_docs, tokenizer, window, spec.pad_id)
+    docs_of = {path: doc for path, doc in train_docs}
+    train = _mixed(
+        lambda f: load_text_dataset(
+            [(p, docs_of[p]) for p in f if p in docs_of], tokenizer, window, spec.pad_id
+        ),
+        [p for p, _ in train_docs],
+        folders,
+        weights,
+        spec.pad_id,
+    )
     val = _optional(
         lambda: load_text_dataset(read_documents(val_files), tokenizer, window, spec.pad_id),
         val_files,
     )
     return Datasets(train, val, {**desc, **train.describe()}, tok_path)
+
+
+def _mixed(
+    load: Callable[[list[Path]], Dataset],
+    files: list[Path],
+    folders: list[Path],
+    weights: Sequence[float],
+    pad_value: int = 0,
+) -> Dataset:
+    """The training set of `files`: pooled, or one part per folder in the shares `weights`."""
+    if not weights:
+        return load(files)
+    shares = folder_shares(weights, folders)
+    groups = files_by_folder(files, folders)
+    parts, kept = [], []
+    for folder, group, share in zip(folders, groups, shares, strict=True):
+        if share == 0:
+            continue
+        if not group:
+            raise DataError(
+                f"data.folder_weights gives {folder} a share, but none of its "
+                "files are in the training set"
+            )
+        parts.append(load(group))
+        kept.append(share)
+    return MixedDataset(parts, np.asarray(kept) / sum(kept), pad_value)
 
 
 def _optional(load: Callable[[], T], files: list[Path]) -> T | None:
