@@ -126,7 +126,11 @@ class Settings(BaseSettings):
         "for text (its calls are so short that fixed per-call costs dominate)",
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="onnxruntime intra-op threads per model (0: its default)"
+        default=0,
+        ge=0,
+        description="onnxruntime intra-op threads per model; 0: per modality, 1 for text (its "
+        "calls are too short to gain from a second thread) and onnxruntime's default, one per "
+        "core, for audio and images",
     )
     onnx_spinning: bool = Field(
         default=False,
@@ -143,6 +147,12 @@ class Settings(BaseSettings):
         default=False, description="serve model.quant.onnx when a bundle ships one"
     )
     warmup: bool = Field(default=True, description="run each model once before reporting ready")
+    lean_embed_path: bool = Field(
+        default=True,
+        description="serve JSON POST /embed and /v1/embeddings on the lean path of "
+        "service.api.fast_path (the same answers, a fraction of the HTTP overhead for one-input "
+        "requests); off: every request goes through the full middleware stack",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS (JSON list); empty: no CORS"
     )

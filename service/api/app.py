@@ -28,6 +28,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.api.error_handlers import install_exception_handlers
+from service.api.fast_path import LeanEmbedMiddleware
 from service.api.middleware.auth import ApiKeyMiddleware
 from service.api.middleware.body_size import BodyLimitMiddleware
 from service.api.middleware.metrics import MetricsMiddleware
@@ -286,6 +287,8 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     app.add_middleware(RequestLogMiddleware, routes=routes)
+    if settings.lean_embed_path:
+        app.add_middleware(LeanEmbedMiddleware, state=app.state, settings=settings, metrics=metrics)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

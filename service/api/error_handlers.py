@@ -97,6 +97,11 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[dict[st
 
 async def handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CPCError)
+    return domain_error_response(exc, request.method, request.url.path)
+
+
+def domain_error_response(exc: CPCError, method: str, path: str) -> JSONResponse:
+    """The response of a domain error: its status, its detail and the headers it implies."""
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
@@ -105,8 +110,8 @@ async def handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Unavailable):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s or 1)))
     if exc.status_code >= 500:
-        logger.warning("%s %s: %s", request.method, request.url.path, exc.detail)
-    return error_response(exc.status_code, exc.detail, headers or None, path=request.url.path)
+        logger.warning("%s %s: %s", method, path, exc.detail)
+    return error_response(exc.status_code, exc.detail, headers or None, path=path)
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:

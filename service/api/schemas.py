@@ -149,7 +149,12 @@ class OrjsonResponse(JSONResponse):
     """
 
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-        except TypeError:
-            return json.dumps(content, default=_plain, ensure_ascii=False).encode("utf-8")
+        return render_json(content)
+
+
+def render_json(content: Any) -> bytes:
+    """`content` as JSON bytes: orjson, numpy natively; the json module where orjson refuses."""
+    try:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        return json.dumps(content, default=_plain, ensure_ascii=False).encode("utf-8")

@@ -7,6 +7,10 @@ builds an app with any settings and enters `TestClient` as a context manager,
 so the lifespan (loading, warm-up) runs. The media helpers make test files in
 memory.
 
+Embedding paths: a module marked `@pytest.mark.embed_paths("lean", "full")` runs its tests
+once with the lean path of `service.api.fast_path` (the default) and once with
+CPC_LEAN_EMBED_PATH off, so JSON /embed and /v1/embeddings are checked on both.
+
 Collection backends: the apps of `client` and `make_client` keep their
 collections on `backend`, "embedded" unless a module marks its tests
 `@pytest.mark.backends("embedded", "milvus")` (a test narrows it with its own
@@ -107,11 +111,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "(embedded, milvus) with `client` and `make_client` on it; a test that runs on fewer "
         "backends than its module says why",
     )
+    config.addinivalue_line(
+        "markers",
+        "embed_paths(*names): run the module's tests with the lean embedding path and/or "
+        "the full one (lean, full)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize `backend` (per module, so one `client` serves each backend) by the
-    closest `backends` marker."""
+    closest `backends` marker, and `embed_path` by the `embed_paths` marker."""
+    paths = metafunc.definition.get_closest_marker("embed_paths")
+    if paths is not None and "embed_path" in metafunc.fixturenames:
+        metafunc.parametrize("embed_path", list(paths.args), indirect=True, scope="module")
     markers = list(metafunc.definition.iter_markers("backends"))  # the closest first
     if not markers or "backend" not in metafunc.fixturenames:
         return
@@ -145,6 +157,15 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def backend(request: pytest.FixtureRequest) -> str:
     """The collection backend of the apps of `client` and `make_client` (see the docstring)."""
     return str(getattr(request, "param", "embedded"))
+
+
+@pytest.fixture(scope="module")
+def embed_path(request: pytest.FixtureRequest) -> str:
+    """Which path serves JSON /embed and /v1/embeddings in the apps of this module."""
+    name = str(getattr(request, "param", "lean"))
+    if name not in ("lean", "full"):
+        raise ValueError(f"embed path {name!r}; known: lean, full")
+    return name
 
 
 def drop_collections(uri: str, prefix: str) -> None:
@@ -222,14 +243,19 @@ MakeClient = Callable[..., TestClient]
 
 @pytest.fixture
 def make_settings(
-    request: pytest.FixtureRequest, backend: str, models_dir: Path, tmp_path: Path
+    request: pytest.FixtureRequest,
+    backend: str,
+    embed_path: str,
+    models_dir: Path,
+    tmp_path: Path,
 ) -> Iterator[MakeSettings]:
     """`make_settings(**overrides)`: settings of an app of this test on `backend`. The apps
     of one test share one store (data folder or Milvus prefix): a second one is a restart."""
     with backend_store(request, backend, tmp_path / "data") as store:
 
         def make(**overrides: Any) -> Settings:
-            return Settings(**{"models_dir": models_dir, **store, **overrides})
+            lean = {"lean_embed_path": embed_path == "lean"}
+            return Settings(**{"models_dir": models_dir, **store, **lean, **overrides})
 
         yield make
 
@@ -250,13 +276,15 @@ def make_client(make_settings: MakeSettings) -> Iterator[MakeClient]:
 def client(
     request: pytest.FixtureRequest,
     backend: str,
+    embed_path: str,
     models_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TestClient]:
     """One started app with the default settings on `backend`, shared by a test module."""
+    lean = embed_path == "lean"
     with (
         backend_store(request, backend, tmp_path_factory.mktemp("data")) as store,
-        started(Settings(models_dir=models_dir, **store)) as c,
+        started(Settings(models_dir=models_dir, lean_embed_path=lean, **store)) as c,
     ):
         yield c
 

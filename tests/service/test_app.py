@@ -17,6 +17,8 @@ from tests.service.conftest import TEXTS, MakeClient, TinyBundle, audio_bytes, b
 from tests.training.tiny import LENIENT
 from training.export.onnx_export import export_model
 
+pytestmark = pytest.mark.embed_paths("lean", "full")
+
 
 def copy_bundles(models_dir: Path, target: Path, names: tuple[str, ...] = ("audio",)) -> Path:
     target.mkdir(parents=True, exist_ok=True)

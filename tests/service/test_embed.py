@@ -34,6 +34,8 @@ from training.data import text_spec
 from training.export.onnx_export import export_model
 from training.models.cpc import build_model
 
+pytestmark = pytest.mark.embed_paths("lean", "full")
+
 DIM = 16
 HOP = 160
 MIN_SAMPLES = 465

@@ -29,6 +29,8 @@ from tests.service.conftest import (
 )
 from tests.service.live import app_in_thread
 
+pytestmark = pytest.mark.embed_paths("lean", "full")
+
 GOOD = {"model": "text", "inputs": ["Still serving."]}
 
 

@@ -45,6 +45,8 @@ from tests.service.hostile_cases import (
 )
 from tests.service.live import app_in_thread
 
+pytestmark = pytest.mark.embed_paths("lean", "full")
+
 
 @pytest.fixture(scope="module")
 def sentinel(client: TestClient) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from service.logging_setup import (
     configure_logging,
 )
 
+pytestmark = pytest.mark.embed_paths("lean", "full")
+
 GOOD = {"model": "text", "inputs": ["Still serving."]}
 
 

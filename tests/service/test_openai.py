@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from service.inference.wire import from_base64
 from tests.service.conftest import TEXTS, MakeClient, audio_bytes, b64, data_uri, image_bytes
 
+pytestmark = pytest.mark.embed_paths("lean", "full")
+
 
 def client_for(http: TestClient, api_key: str = "k") -> openai.OpenAI:
     return openai.OpenAI(

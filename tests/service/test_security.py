@@ -23,6 +23,8 @@ from service.api.middleware.timeouts import RequestTimeoutMiddleware
 from service.config import Settings
 from tests.service.conftest import TEXTS, MakeClient, random_vectors
 
+pytestmark = pytest.mark.embed_paths("lean", "full")
+
 FULL, READ = "full-key-0123456789", "read-key-9876543210"
 VEC = random_vectors(1, seed=3)[0]
 GOOD = {"model": "text", "inputs": ["Still serving."]}

@@ -61,6 +61,21 @@ def _matches(token: bytes, key: bytes | None) -> bool:
     return key is not None and hmac.compare_digest(token, key)
 
 
+def key_bytes(key: str | None) -> bytes | None:
+    return key.encode("utf-8") if key else None
+
+
+def grants(scope: Scope, key: bytes | None, read_key: bytes | None) -> bool:
+    """Whether the request's bearer token lets it through: the full key, or the read-only
+    key for a request that only reads."""
+    token = bearer_token(_authorization(scope))
+    if token is None:
+        return False
+    path = str(scope.get("path", ""))
+    method = str(scope.get("method", "GET")).upper()
+    return _matches(token, key) or (_matches(token, read_key) and is_read(method, path))
+
+
 class ApiKeyMiddleware:
     """401 unless the request carries a configured bearer key; 403 for a write with the
     read-only one."""
@@ -71,31 +86,27 @@ class ApiKeyMiddleware:
         if not api_key and not read_api_key:
             raise ValueError("ApiKeyMiddleware needs a non-empty key")
         self.app = app
-        self.key = api_key.encode("utf-8") if api_key else None
-        self.read_key = read_api_key.encode("utf-8") if read_api_key else None
+        self.key = key_bytes(api_key)
+        self.read_key = key_bytes(read_api_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_open(str(scope.get("path", ""))):
+        if (
+            scope["type"] != "http"
+            or _is_open(str(scope.get("path", "")))
+            or grants(scope, self.key, self.read_key)
+        ):
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
         method = str(scope.get("method", "GET")).upper()
         token = bearer_token(_authorization(scope))
-        if token is not None:
-            full = _matches(token, self.key)
-            read_only = _matches(token, self.read_key)
-            if full or (read_only and is_read(method, path)):
-                await self.app(scope, receive, send)
-                return
-            if read_only:
-                denied = Forbidden(
-                    f"the read-only API key (CPC_READ_API_KEY) cannot {method} {path[:200]}: "
-                    "it may embed, search and read; writes need the full key (CPC_API_KEY)"
-                )
-                await error_response(denied.status_code, denied.detail, path=path)(
-                    scope, receive, send
-                )
-                return
+        if token is not None and _matches(token, self.read_key):
+            denied = Forbidden(
+                f"the read-only API key (CPC_READ_API_KEY) cannot {method} {path[:200]}: "
+                "it may embed, search and read; writes need the full key (CPC_API_KEY)"
+            )
+            await error_response(denied.status_code, denied.detail, path=path)(scope, receive, send)
+            return
         detail = (
             "missing API key: send `Authorization: Bearer <key>`"
             if token is None

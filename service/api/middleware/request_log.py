@@ -80,30 +80,34 @@ class RequestLogMiddleware:
             if sent["status"] is None:
                 await internal_error(path)(scope, receive, send_with_id)
         finally:
-            self._log(scope, method, sent["status"], start, request_id)
+            route = route_template(scope, self.routes)
+            log_access(scope, method, route, sent["status"], start, request_id)
             REQUEST_ID.reset(token)
 
-    def _log(
-        self, scope: Scope, method: str, status: int | None, start: float, request_id: str
-    ) -> None:
-        route = route_template(scope, self.routes)
-        duration_ms = round((time.perf_counter() - start) * 1000.0, 2)
-        fields = {
-            "method": method,
-            "route": route,
-            "status": status,
-            "duration_ms": duration_ms,
-            "request_id": request_id,
-            "client": _client(scope),
-        }
-        try:
-            access_logger.info(
-                "%s %s %s %.1f ms",
-                method,
-                route,
-                status if status is not None else "-",
-                duration_ms,
-                extra={"fields": fields},
-            )
-        except Exception:  # a log line must never break a response
-            logging.getLogger(__name__).exception("could not write the access line")
+
+def log_access(
+    scope: Scope, method: str, route: str, status: int | None, start: float, request_id: str
+) -> None:
+    """The access line of one request (on `service.access`, when it logs INFO)."""
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    duration_ms = round((time.perf_counter() - start) * 1000.0, 2)
+    fields = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": duration_ms,
+        "request_id": request_id,
+        "client": _client(scope),
+    }
+    try:
+        access_logger.info(
+            "%s %s %s %.1f ms",
+            method,
+            route,
+            status if status is not None else "-",
+            duration_ms,
+            extra={"fields": fields},
+        )
+    except Exception:  # a log line must never break a response
+        logging.getLogger(__name__).exception("could not write the access line")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.error_handlers import error_response
@@ -58,21 +59,24 @@ class RequestTimeoutMiddleware:
             if deadline is None or not deadline.expired() or state["started"]:
                 raise  # not ours, or too late to answer
             waiting = state["receiving"] and not state["body_done"]
-            await self._answer(scope, receive, send, waiting_for_body=waiting)
+            method, path = str(scope.get("method", "")), str(scope.get("path", ""))
+            response = timeout_response(self.timeout_s, method, path, waiting_for_body=waiting)
+            await response(scope, receive, send)
 
-    async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, *, waiting_for_body: bool
-    ) -> None:
-        method, path = scope.get("method", ""), str(scope.get("path", ""))
-        limit = f"{self.timeout_s:g} s (CPC_REQUEST_TIMEOUT_S)"
-        if waiting_for_body:
-            status = 408
-            detail = f"the request body did not arrive within {limit}"
-        else:
-            status = TimedOut.status_code
-            detail = (
-                f"the request took longer than {limit} and was cancelled; a write may still have "
-                "landed whole: read it back before retrying"
-            )
-        logger.warning("%s %s: %s", method, path, detail)
-        await error_response(status, detail, path=path)(scope, receive, send)
+
+def timeout_response(
+    timeout_s: float, method: str, path: str, *, waiting_for_body: bool
+) -> JSONResponse:
+    """408 when the time ran out waiting for the client's body, 504 otherwise (logged)."""
+    limit = f"{timeout_s:g} s (CPC_REQUEST_TIMEOUT_S)"
+    if waiting_for_body:
+        status = 408
+        detail = f"the request body did not arrive within {limit}"
+    else:
+        status = TimedOut.status_code
+        detail = (
+            f"the request took longer than {limit} and was cancelled; a write may still have "
+            "landed whole: read it back before retrying"
+        )
+    logger.warning("%s %s: %s", method, path, detail)
+    return error_response(status, detail, path=path)

@@ -28,8 +28,10 @@ from service.api.schemas import (
     OrjsonResponse,
     parse_model,
 )
+from service.config import Settings
 from service.inference.inputs import ApiInput
 from service.inference.pipeline import Embeddings, embed_inputs
+from service.inference.registry import ModelRegistry
 from service.inference.wire import to_base64
 
 router = APIRouter(tags=["embed"])
@@ -106,6 +108,13 @@ def embeddings_body(result: Embeddings, encoding_format: EncodingFormat) -> dict
 )
 async def embed(request: Request, registry: RegistryDep, settings: SettingsDep) -> OrjsonResponse:
     options, inputs = await read_request(request, settings.max_text_chars)
+    return OrjsonResponse(await embed_body(registry, settings, options, inputs))
+
+
+async def embed_body(
+    registry: ModelRegistry, settings: Settings, options: EmbedOptions, inputs: list[ApiInput]
+) -> dict[str, Any]:
+    """The /embed response body of these inputs (the route's and the lean path's)."""
     result = await embed_inputs(
         registry,
         inputs,
@@ -116,4 +125,4 @@ async def embed(request: Request, registry: RegistryDep, settings: SettingsDep) 
         normalize=options.normalize,
         max_batch=settings.max_batch,
     )
-    return OrjsonResponse(embeddings_body(result, options.encoding_format))
+    return embeddings_body(result, options.encoding_format)

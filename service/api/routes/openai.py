@@ -20,8 +20,10 @@ from service.api.schemas import (
     OpenAIEmbeddingResponse,
     OrjsonResponse,
 )
+from service.config import Settings
 from service.errors import InvalidInput
 from service.inference.pipeline import embed_inputs
+from service.inference.registry import ModelRegistry
 from service.inference.wire import to_base64
 
 router = APIRouter(tags=["openai"])
@@ -40,6 +42,13 @@ async def create_embeddings(
     request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> OrjsonResponse:
     body = await read_json(request, OpenAIEmbeddingRequest, "POST /v1/embeddings")
+    return OrjsonResponse(await openai_body(registry, settings, body))
+
+
+async def openai_body(
+    registry: ModelRegistry, settings: Settings, body: OpenAIEmbeddingRequest
+) -> dict[str, Any]:
+    """The /v1/embeddings response body (the route's and the lean path's)."""
     inputs = [body.input] if isinstance(body.input, str) else list(body.input)
     name: str | None = body.model
     modality: str | None = None
@@ -61,11 +70,9 @@ async def create_embeddings(
         for i, v in enumerate(result.vectors)
     ]
     used = sum(result.usage)
-    return OrjsonResponse(
-        {
-            "object": "list",
-            "data": data,
-            "model": result.model.name,
-            "usage": {"prompt_tokens": used, "total_tokens": used},
-        }
-    )
+    return {
+        "object": "list",
+        "data": data,
+        "model": result.model.name,
+        "usage": {"prompt_tokens": used, "total_tokens": used},
+    }
