@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench import embed, memory, search
+from bench import embed, memory, search, wrk
 from bench.rawhttp import RawHttpClient, RawHttpError
 from bench.serving import ServiceProcess, batch_histogram, closed_loop, latency_ms, scrape
 from bench.workloads import random_input, request_body, typical_inputs
@@ -91,6 +91,70 @@ def test_embed_benchmark_runs(tiny_setup: Path, tmp_path: Path) -> None:
     assert any(m.startswith("quantized speed-up") for m in metrics)
     assert (tmp_path / "embed.md").read_text(encoding="utf-8").startswith("# Embedding benchmark")
     assert (tmp_path / "embed.png").stat().st_size > 0
+
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:1/embed
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     8.19ms    1.20ms  30.00ms   90.00%
+  Latency Distribution
+     50%  812.00us
+     75%    9.11ms
+     90%   10.05ms
+     99%    1.27s
+  3061 requests in 2.00s, 1.20MB read
+  Socket errors: connect 0, read 1, write 0, timeout 2
+  Non-2xx or 3xx responses: 4
+Requests/sec:   1530.50
+Transfer/sec:      0.60MB
+"""
+
+
+def test_wrk_output_is_read() -> None:
+    row = wrk.parse_wrk(WRK_OUTPUT)
+    assert row == {
+        "requests": 3061,
+        "requests_per_s": 1530.5,
+        "p50_ms": 0.812,
+        "p75_ms": 9.11,
+        "p90_ms": 10.05,
+        "p99_ms": 1270.0,
+        "non_2xx": 4,
+        "socket_errors": 3,
+    }
+    with pytest.raises(RuntimeError, match="Requests/sec"):
+        wrk.parse_wrk("unable to connect")
+
+
+def test_wrk_profile_summary(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    raw.write_text("main (a/cli.py:1);run (b/x.py:2) 3\nmain (a/cli.py:1) 1\n", encoding="utf-8")
+    summary = wrk.summarise_profile(raw)
+    assert summary["samples"] == 4
+    assert summary["self"] == [["run (x.py:2)", 0.75], ["main (cli.py:1)", 0.25]]
+    assert dict(summary["total"])["main (cli.py:1)"] == 1.0
+
+
+@pytest.mark.skipif(wrk.shutil.which("wrk") is None, reason="wrk is not installed (.ci/run has it)")
+def test_wrk_benchmark_runs(tiny_setup: Path, tmp_path: Path) -> None:
+    args = ["--models-dir", str(tiny_setup / "models"), "--duration", "1"]
+    args += ["--cell-seconds", "0.01", "--batches", "1", "2", "--connections", "1", "2"]
+    code = wrk.main([*args, "--inputs", "1", "3", "--profile", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "wrk.json").read_text(encoding="utf-8"))
+    rows = report["results"]
+    assert sorted({r["bundle"] for r in rows}) == list(MODALITIES)
+    levels = [(r["path"], r["connections"], r["inputs_per_request"]) for r in rows]
+    assert levels[:4] == [("/embed", 1, 1), ("/embed", 1, 3), ("/embed", 2, 1), ("/embed", 2, 3)]
+    assert ("/v1/embeddings", 16, 1) in levels
+    for r in rows:
+        assert r["requests"] > 0 and r["non_2xx"] == 0 and r["socket_errors"] == 0
+        assert r["inputs_per_s"] == pytest.approx(
+            r["requests_per_s"] * r["inputs_per_request"], 0.01
+        )
+    if report["profile"] is not None:  # py-spy may be refused ptrace in a container
+        assert report["profile"]["samples"] > 0
+    assert (tmp_path / "wrk.md").read_text(encoding="utf-8").startswith("# The service under wrk")
 
 
 def test_memory_benchmark_runs(tiny_setup: Path, tmp_path: Path) -> None:
