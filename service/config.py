@@ -125,12 +125,21 @@ class Settings(BaseSettings):
         "images (larger calls gained no throughput in-process and double the latency) and 64 "
         "for text (its calls are so short that fixed per-call costs dominate)",
     )
+    inference_instances: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime calls a model may run at once, each on a batch of its own; 0: "
+        "per modality, one per core (up to 4) for audio and images, each on its share of the "
+        "cores (two one-thread calls embed 40% more audio a second on 2 cores than one "
+        "two-thread call), and one for text",
+    )
     intra_op_threads: int = Field(
         default=0,
         ge=0,
-        description="onnxruntime intra-op threads per model; 0: per modality, 1 for text (its "
-        "calls are too short to gain from a second thread) and onnxruntime's default, one per "
-        "core, for audio and images",
+        description="onnxruntime intra-op threads per call; 0: per modality, 1 for text (its "
+        "calls are too short to gain from a second thread), and for audio and images the cores "
+        "divided among the model's CPC_INFERENCE_INSTANCES (the cores for a serial caller such "
+        "as embed-folder)",
     )
     onnx_spinning: bool = Field(
         default=False,

@@ -1,12 +1,13 @@
 """Dynamic batching of concurrent requests for one model.
 
 Callers `submit` prepared inputs and await their results. The queue is bounded
-in inputs (`max_queue`): a request whose inputs do not all fit gets 429. One
-worker task per model takes up to `max_batch` queued inputs whenever it is free
-(plus, with `wait_ms`, those arriving within `wait_ms` of the first), skips
-those whose caller has gone, sorts them by shape, splits them so that a call
-pads at most `MAX_BATCH_ELEMENTS` values, and runs onnxruntime in a worker
-thread. With `release_memory` it hands memory back once idle for
+in inputs (`max_queue`): a request whose inputs do not all fit gets 429.
+`instances` worker tasks per model (one unless several onnxruntime calls may run
+at once) each take up to `max_batch` queued inputs whenever they are free (their
+share when several are free; plus, with `wait_ms`, those arriving within
+`wait_ms` of the first), skip those whose caller has gone, sort them by shape,
+split them so that a call pads at most `MAX_BATCH_ELEMENTS` values, and run
+onnxruntime in a worker thread. With `release_memory` it hands memory back once idle for
 `RELEASE_AFTER_IDLE_S`. The design: docs/architecture.md (Serving).
 """
 
@@ -59,19 +60,23 @@ class DynamicBatcher:
         max_batch: int = 32,
         wait_ms: float = 0.0,
         release_memory: bool = False,
+        instances: int = 1,
     ) -> None:
-        if max_queue < 1 or max_batch < 1 or wait_ms < 0:
-            raise ValueError("max_queue and max_batch must be >= 1 and wait_ms >= 0")
+        if max_queue < 1 or max_batch < 1 or instances < 1 or wait_ms < 0:
+            raise ValueError("max_queue, max_batch and instances must be >= 1, wait_ms >= 0")
         self.encoder = encoder
         self.metrics = metrics
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0
         self.release_memory = release_memory
+        self.instances = instances
         self._release_pending = False
         self._queue: deque[_Entry] = deque()
         self._arrived = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._idle = 0  # workers waiting for a batch
+        self._in_flight = 0  # onnxruntime calls running
         self._closed = False
         self._batch_size = metrics.inference_batch_size.labels(model=encoder.name)
 
@@ -82,31 +87,34 @@ class DynamicBatcher:
 
     @property
     def running(self) -> bool:
-        return self._worker is not None and not self._worker.done()
+        return any(not w.done() for w in self._workers)
 
     def start(self) -> None:
-        """Start the worker task on the running event loop."""
-        if self._worker is None:
+        """Start the worker tasks on the running event loop."""
+        if not self._workers:
             self._closed = False
-            self._worker = asyncio.get_running_loop().create_task(
-                self._work(), name=f"batcher-{self.encoder.name}"
-            )
+            loop = asyncio.get_running_loop()
+            self._workers = [
+                loop.create_task(self._work(), name=f"batcher-{self.encoder.name}-{i}")
+                for i in range(self.instances)
+            ]
 
     async def stop(self) -> None:
-        """Stop the worker; every input still waiting fails with 503."""
+        """Stop the workers; every input still waiting fails with 503."""
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.cancel()
+        for worker in workers:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+                await worker
         self._fail_waiting(NotReady("the service is shutting down"))
 
     async def submit(self, prepared: list[Prepared]) -> list[Result]:
         """Queue inputs and wait for their (z, c) results, in the order given."""
         if not prepared:
             return []
-        if self._closed or self._worker is None:
+        if self._closed or not self._workers:
             raise NotReady(f"model {self.encoder.name} is not running")
         room = self.max_queue - len(self._queue)
         if len(prepared) > room:
@@ -139,10 +147,20 @@ class DynamicBatcher:
                 self._release_pending = self.release_memory
 
     async def _next_batch(self) -> list[_Entry]:
-        """Wait for a first input, then up to `wait_s` for the batch to fill.
+        """Wait for a first input, then up to `wait_s` for the batch to fill; take this
+        worker's share of the queue (all of it, up to `max_batch`, unless other workers
+        are free too).
 
-        Once idle for RELEASE_AFTER_IDLE_S after a batch, release freed memory.
+        Once idle for RELEASE_AFTER_IDLE_S after a batch, with no call running,
+        release freed memory.
         """
+        self._idle += 1
+        try:
+            return await self._wait_for_batch()
+        finally:
+            self._idle -= 1
+
+    async def _wait_for_batch(self) -> list[_Entry]:
         while not self._queue:
             self._arrived.clear()
             if not self._release_pending:
@@ -151,8 +169,9 @@ class DynamicBatcher:
             try:
                 await asyncio.wait_for(self._arrived.wait(), RELEASE_AFTER_IDLE_S)
             except TimeoutError:  # idle for a while: a request rarely has to wait for this
-                self._release_pending = False
-                await asyncio.to_thread(self._release)
+                if self._in_flight == 0:
+                    self._release_pending = False
+                    await asyncio.to_thread(self._release)
         # One turn of the event loop lets requests it has already read join in.
         await asyncio.sleep(0)
         deadline = asyncio.get_running_loop().time() + self.wait_s
@@ -163,9 +182,10 @@ class DynamicBatcher:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
+        share = min(self.max_batch, -(-len(self._queue) // max(1, self._idle)))
         batch: list[_Entry] = []
         taken = 0
-        while self._queue and len(batch) < self.max_batch:
+        while self._queue and len(batch) < share:
             entry = self._queue.popleft()
             taken += 1
             if not entry.future.done():  # a cancelled caller's input is dropped
@@ -181,6 +201,7 @@ class DynamicBatcher:
     async def _run(self, batch: list[_Entry]) -> None:
         self._batch_size.observe(len(batch))
         run: Callable[[list[Prepared]], list[Result]] = self.encoder.run
+        self._in_flight += 1
         try:
             results = await asyncio.to_thread(run, [e.prepared for e in batch])
         except asyncio.CancelledError:
@@ -192,6 +213,8 @@ class DynamicBatcher:
             )
             self._settle(batch, exc)
             return
+        finally:
+            self._in_flight -= 1
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
                 entry.future.set_result(result)

@@ -12,6 +12,7 @@ each result back to its valid steps.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,11 +38,29 @@ logger = logging.getLogger(__name__)
 WARMUP_TEXT = "Warming up the model. This is the second sentence."
 
 
-# onnxruntime threads per call when CPC_INTRA_OP_THREADS is 0 (see service.config): text
-# calls are so short that waking a second thread costs more than it saves (one input
-# in-process: 3,600 rather than 2,800 a second on 2 cores); audio and images take
-# onnxruntime's default (one per core).
-AUTO_INTRA_OP_THREADS = {"text": 1}
+MAX_AUTO_INSTANCES = 4
+
+
+def auto_instances(modality: str) -> int:
+    """Concurrent onnxruntime calls per served model when CPC_INFERENCE_INSTANCES is 0.
+
+    Audio and images: one per core (up to MAX_AUTO_INSTANCES), each on its own share of
+    the cores; on 2 cores two one-thread calls embed 1 s clips at 170-190 a second where
+    one two-thread call reaches 125 (images: 240 against 187). Text: one, as its calls
+    are short and the event loop, not the model, sets the pace.
+    """
+    if modality == "text":
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_AUTO_INSTANCES))
+
+
+def auto_threads(modality: str, instances: int) -> int:
+    """onnxruntime threads per call when CPC_INTRA_OP_THREADS is 0: text one (waking a
+    second costs more than it saves: one input in-process, 3,600 rather than 2,800 a
+    second on 2 cores); audio and images their instance's share of the cores."""
+    if modality == "text":
+        return 1
+    return max(1, (os.cpu_count() or 1) // max(1, instances))
 
 
 @dataclass
@@ -87,6 +106,7 @@ class OnnxEncoder:
     limits: InputLimits = field(default_factory=InputLimits)
     tokenizer: TextTokenizer | None = None
     model_file: str = "model.onnx"
+    instances: int = 1  # concurrent calls its onnxruntime threads were sized for
 
     @classmethod
     def load(
@@ -97,20 +117,25 @@ class OnnxEncoder:
         intra_op_threads: int = 0,
         use_quantized: bool = False,
         spinning: bool = False,
+        instances: int = 1,
     ) -> OnnxEncoder:
-        """Read and check a bundle folder; BundleError names the file at fault."""
+        """Read and check a bundle folder; BundleError names the file at fault.
+
+        `instances`: how many calls the caller runs at once (0: `auto_instances`);
+        `intra_op_threads` 0 picks `auto_threads` for them."""
         folder = Path(folder)
         spec = load_bundle_spec(folder)
         model_file = spec.onnx.file
         if use_quantized and spec.onnx.quantized_file:
             model_file = spec.onnx.quantized_file
         onnx = spec.onnx
+        instances = instances or auto_instances(spec.modality)
         runner = OnnxRunner.open(
             folder / model_file,
             onnx.input,
             onnx.encoder_output,
             onnx.context_output,
-            intra_op_threads=intra_op_threads or AUTO_INTRA_OP_THREADS.get(spec.modality, 0),
+            intra_op_threads=intra_op_threads or auto_threads(spec.modality, instances),
             spinning=spinning,
         )
         tokenizer = None
@@ -118,13 +143,21 @@ class OnnxEncoder:
             tokenizer = TextTokenizer.from_file(
                 folder / spec.preprocess.tokenizer_file, spec.preprocess
             )
-        return cls(spec, folder, runner, limits or InputLimits(), tokenizer, model_file)
+        limits = limits or InputLimits()
+        return cls(spec, folder, runner, limits, tokenizer, model_file, instances)
 
     @classmethod
     def from_settings(
-        cls, folder: str | Path, settings: Settings, *, quantized: bool | None = None
+        cls,
+        folder: str | Path,
+        settings: Settings,
+        *,
+        quantized: bool | None = None,
+        instances: int = 1,
     ) -> OnnxEncoder:
-        """`load` with the limits and onnxruntime options of `settings`.
+        """`load` with the limits and onnxruntime options of `settings`, for `instances`
+        concurrent calls (the server's batcher: 0, CPC_INFERENCE_INSTANCES' default; one
+        for a serial caller).
 
         `quantized` overrides `settings.use_quantized` (benchmarks load both).
         """
@@ -134,6 +167,7 @@ class OnnxEncoder:
             intra_op_threads=settings.intra_op_threads,
             use_quantized=settings.use_quantized if quantized is None else quantized,
             spinning=settings.onnx_spinning,
+            instances=instances,
         )
 
     @property

@@ -133,7 +133,9 @@ def load_registry(settings: Settings, metrics: Metrics) -> ModelRegistry:
     """Load (and, if configured, warm up) every bundle; BundleError names the bad file."""
     models: list[ServedModel] = []
     for folder in bundle_folders(settings.models_dir):
-        encoder = OnnxEncoder.from_settings(folder, settings)
+        encoder = OnnxEncoder.from_settings(
+            folder, settings, instances=settings.inference_instances
+        )
         if settings.warmup:
             encoder.warmup()
         batcher = DynamicBatcher(
@@ -143,6 +145,7 @@ def load_registry(settings: Settings, metrics: Metrics) -> ModelRegistry:
             max_batch=settings.max_inference_batch or AUTO_MAX_BATCH[encoder.modality],
             wait_ms=settings.batch_wait_ms,
             release_memory=settings.release_memory,
+            instances=encoder.instances,
         )
         models.append(ServedModel(encoder, batcher))
         logger.info(

@@ -113,6 +113,11 @@ class OnnxRunner:
                 raise BundleError(f"{path}: has outputs {outputs}, bundle.json names {name!r}")
         return cls(session, input_name, encoder_output, context_output)
 
+    @property
+    def threads(self) -> int:
+        """onnxruntime intra-op threads per call (0: its default, one per core)."""
+        return int(self.session.get_session_options().intra_op_num_threads)
+
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One onnxruntime call on a collated batch: (z, c) as the graph returns them."""
         z, c = self.session.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.errors import NotReady, Overloaded
 from service.inference.batcher import DynamicBatcher, split_by_budget
-from service.inference.model import Prepared
+from service.inference.model import MAX_AUTO_INSTANCES, Prepared
 from service.metrics import Metrics
 from tests.service.conftest import TEXTS, MakeClient, audio_bytes, b64, image_bytes
 
@@ -95,11 +96,18 @@ class FakeEncoder:
         self.delay = delay
         self.started = threading.Event()
         self.releases = 0
+        self.running = self.most_running = 0
+        self._lock = threading.Lock()
 
     def run(self, prepared: list[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
+        with self._lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
         self.started.set()
         if self.delay:
             threading.Event().wait(self.delay)
+        with self._lock:
+            self.running -= 1
         self.batches.append([int(p.array.shape[0]) for p in prepared])
         return [(p.array[:, None], p.array[:, None]) for p in prepared]
 
@@ -153,6 +161,25 @@ def test_batcher_without_wait_runs_a_lone_input_at_once_and_gathers_the_rest_mea
         await asyncio.gather(first, *later)
         await batcher.stop()
         assert encoder.batches == [[1], [2, 3, 4]]
+
+    asyncio.run(scenario())
+
+
+def test_batcher_instances_run_calls_at_once_and_share_the_queue() -> None:
+    async def scenario() -> None:
+        encoder = FakeEncoder(delay=0.3)
+        batcher = make_batcher(encoder, max_batch=8, wait_ms=0, instances=2)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([item(1)]))
+        await asyncio.to_thread(encoder.started.wait, 5)  # one instance is busy with item 1
+        second = await batcher.submit([item(2)])  # the other takes item 2 meanwhile
+        assert encoder.most_running == 2 and [int(second[0][0][0, 0])] == [2]
+        await first
+        encoder.batches.clear()
+        results = await batcher.submit([item(n) for n in range(1, 9)])  # both free: halves
+        await batcher.stop()
+        assert sorted(len(b) for b in encoder.batches) == [4, 4]
+        assert [int(z[0, 0]) for z, _ in results] == list(range(1, 9))
 
     asyncio.run(scenario())
 
@@ -224,3 +251,18 @@ def test_max_inference_batch_is_per_modality_unless_set(make_client: MakeClient)
 
     assert max_batches(make_client()) == {"audio": 16, "image": 16, "text": 64}
     assert max_batches(make_client(max_inference_batch=5)) == {"audio": 5, "image": 5, "text": 5}
+
+
+def test_inference_instances_are_per_modality_unless_set(make_client: MakeClient) -> None:
+    def plan(client: TestClient) -> dict[str, tuple[int, int]]:
+        registry = client.app.state.registry  # type: ignore[attr-defined]
+        return {
+            served.modality: (served.batcher.instances, served.encoder.runner.threads)
+            for served in registry
+        }
+
+    cores = min(os.cpu_count() or 1, MAX_AUTO_INSTANCES)
+    share = max(1, (os.cpu_count() or 1) // cores)
+    assert plan(make_client()) == {"audio": (cores, share), "image": (cores, share), "text": (1, 1)}
+    set_both = plan(make_client(inference_instances=3, intra_op_threads=2))
+    assert set_both == {"audio": (3, 2), "image": (3, 2), "text": (3, 2)}
