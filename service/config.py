@@ -129,9 +129,9 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="onnxruntime calls a model may run at once, each on a batch of its own; 0: "
-        "per modality, one per core (up to 4) for audio and images, each on its share of the "
-        "cores (two one-thread calls embed 40% more audio a second on 2 cores than one "
-        "two-thread call), and one for text",
+        "one per core (up to 4), each on its share of the cores (on 2 cores two one-thread "
+        "calls embed 40% more audio a second than one two-thread call, and text calls overlap "
+        "the HTTP work)",
     )
     intra_op_threads: int = Field(
         default=0,

@@ -263,6 +263,10 @@ def test_inference_instances_are_per_modality_unless_set(make_client: MakeClient
 
     cores = min(os.cpu_count() or 1, MAX_AUTO_INSTANCES)
     share = max(1, (os.cpu_count() or 1) // cores)
-    assert plan(make_client()) == {"audio": (cores, share), "image": (cores, share), "text": (1, 1)}
+    assert plan(make_client()) == {
+        "audio": (cores, share),
+        "image": (cores, share),
+        "text": (cores, 1),
+    }
     set_both = plan(make_client(inference_instances=3, intra_op_threads=2))
     assert set_both == {"audio": (3, 2), "image": (3, 2), "text": (3, 2)}
