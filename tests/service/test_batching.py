@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.errors import NotReady, Overloaded
-from service.inference.batcher import DynamicBatcher, split_by_budget
+from service.inference.batcher import INLINE_VALUES, DynamicBatcher, split_by_budget
 from service.inference.model import MAX_AUTO_INSTANCES, Prepared
 from service.metrics import Metrics
 from tests.service.conftest import TEXTS, MakeClient, audio_bytes, b64, image_bytes
@@ -98,8 +98,10 @@ class FakeEncoder:
         self.releases = 0
         self.running = self.most_running = 0
         self._lock = threading.Lock()
+        self.threads: list[int] = []
 
     def run(self, prepared: list[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
+        self.threads.append(threading.get_ident())
         with self._lock:
             self.running += 1
             self.most_running = max(self.most_running, self.running)
@@ -120,6 +122,8 @@ def item(n: int) -> Prepared:
 
 
 def make_batcher(encoder: FakeEncoder, **kwargs: Any) -> DynamicBatcher:
+    """A batcher of `encoder` that runs every call in a worker thread unless told."""
+    kwargs.setdefault("inline_values", 0)
     return DynamicBatcher(encoder, Metrics(), **kwargs)  # type: ignore[arg-type]
 
 
@@ -180,6 +184,30 @@ def test_batcher_instances_run_calls_at_once_and_share_the_queue() -> None:
         await batcher.stop()
         assert sorted(len(b) for b in encoder.batches) == [4, 4]
         assert [int(z[0, 0]) for z, _ in results] == list(range(1, 9))
+
+    asyncio.run(scenario())
+
+
+def test_batcher_runs_a_tiny_call_on_the_event_loop_only_when_no_other_runs() -> None:
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        encoder = FakeEncoder()
+        batcher = make_batcher(
+            encoder, max_batch=8, wait_ms=0, instances=2, inline_values=INLINE_VALUES
+        )
+        batcher.start()
+        await batcher.submit([item(3)])  # tiny, nothing running: on the loop
+        await batcher.submit([item(INLINE_VALUES + 1)])  # larger: a worker thread
+        assert encoder.threads == [loop_thread, encoder.threads[1]]
+        assert encoder.threads[1] != loop_thread
+        encoder.delay, encoder.threads = 0.3, []
+        busy = asyncio.ensure_future(batcher.submit([item(INLINE_VALUES + 1)]))
+        await asyncio.to_thread(encoder.started.wait, 5)
+        encoder.delay = 0.0
+        await batcher.submit([item(2)])  # tiny, but a call is running: a thread too
+        await busy
+        await batcher.stop()
+        assert loop_thread not in encoder.threads
 
     asyncio.run(scenario())
 
