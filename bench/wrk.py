@@ -7,9 +7,9 @@ the cores almost nothing, so the service keeps the machine.
 For every bundle (audio: a 1 s WAV; image: a 64x64 PNG; text: two or three sentences):
 
 1. In-process: the service's own `OnnxEncoder` in this process, decode, preprocess,
-   run and mean pooling at batch 1 to 32, serially (`bench.embed.ceiling`), with the
-   service's thread count for a serial caller and with onnxruntime on every core; the
-   best inputs/s is the ceiling a request path is compared with.
+   run and mean pooling at batch 1 to 32, serially (`bench.embed.ceiling`), with one
+   onnxruntime thread, one per core and the settings' own count; the best inputs/s is
+   the ceiling a request path is compared with, whatever the server's thread settings.
 2. The service: `cpc-embed serve` in a subprocess (`bench.serving.ServiceProcess`)
    under `wrk -t1 -cC` for `--duration` seconds at C = 1 and 16 connections, with 1
    and 16 inputs per `POST /embed` (JSON, files as base64; each request one of 32
@@ -17,8 +17,9 @@ For every bundle (audio: a 1 s WAV; image: a 64x64 PNG; text: two or three sente
    Requests/s, inputs/s, wrk's latency percentiles, non-2xx answers and socket errors.
    The ratio is service inputs/s over the in-process ceiling.
 
-With `--profile`, `py-spy` (pip package `py-spy`) samples the server during the text
-run at 16 connections and one input, and the report lists the functions where its
+With `--profile`, `py-spy` (pip package `py-spy`) samples the server during one more
+text run at 16 connections and one input (not one of the measured rows, as sampling
+slows the server), and the report lists the functions where its
 samples were (self and total share). Writes wrk.json and wrk.md to `--out`; exits 1 if
 any request failed.
 """
@@ -94,7 +95,7 @@ def parse_wrk(text: str) -> dict[str, Any]:
     if rps is None:
         raise RuntimeError(f"wrk printed no Requests/sec:\n{text}")
     latency = {
-        f"p{p}_ms": _ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", text, re.M)
+        f"p{p}_ms": _ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", text, re.M)
     }
     total = re.search(r"(\d+) requests in", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
@@ -119,6 +120,7 @@ def run_wrk(
     script = folder / "post.lua"
     script.write_text(LUA % {"bodies": body_file, "headers": headers, "path": path})
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    cmd += ["--timeout", "60s"]  # a 16-clip request takes over wrk's default 2 s
     done = subprocess.run([*cmd, "-s", str(script), url], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
@@ -151,7 +153,8 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
             continue
         n = int(count)
         samples += n
-        frames = [re.sub(r" \((.*/)?", " (", f) for f in stack.split(";")]
+        # by function: "name (file.py)", without the folder or the line
+        frames = [re.sub(r":\d+\)$", ")", re.sub(r" \((.*/)?", " (", f)) for f in stack.split(";")]
         own[frames[-1]] += n
         for frame in set(frames):
             total[frame] += n
@@ -170,11 +173,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(str(exc)) from exc
     best: dict[str, float] = {}
     works = []
-    # the ceiling is the better of the service's own thread count for one serial caller and
-    # onnxruntime on every core, so that a setting that only suits the server cannot lower it
-    every_core = settings.model_copy(update={"intra_op_threads": os.cpu_count() or 1})
+    # the ceiling is the best of one onnxruntime thread, one per core and the settings'
+    # own count, so that no thread setting of the server can lower it
+    variants = [settings] + [
+        settings.model_copy(update={"intra_op_threads": n}) for n in {1, os.cpu_count() or 1}
+    ]
     for folder in folders:
-        for variant in (settings, every_core):
+        for variant in variants:
             encoder = OnnxEncoder.from_settings(folder, variant)
             if args.bundles is not None and encoder.name not in args.bundles:
                 break
@@ -197,22 +202,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 levels.append(("/v1/embeddings", 16, 1))
             for path, connections, per_request in levels:
                 lines = bodies(path, work.bundle, work.raws, per_request)
-                spy = None
-                if (
-                    args.profile
-                    and work.modality == "text"
-                    and (connections, per_request)
-                    == (
-                        16,
-                        1,
-                    )
-                    and path == "/embed"
-                ):
-                    spy = profile(service.pid, args.duration, folder)
                 row = run_wrk(service.url, path, lines, connections, args.duration, folder)
-                if spy is not None:
-                    spy.wait(60)
-                    profiled = summarise_profile(folder / "profile.txt")
                 inputs_per_s = row["requests_per_s"] * per_request
                 row = {
                     "bundle": work.bundle,
@@ -228,6 +218,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 logger.info("%s", row)
                 results.append(row)
+            if args.profile and work.modality == "text":  # a run of its own: py-spy slows it
+                lines = bodies("/embed", work.bundle, work.raws, 1)
+                spy = profile(service.pid, args.duration, folder)
+                run_wrk(service.url, "/embed", lines, 16, args.duration, folder)
+                if spy is not None:
+                    spy.wait(60)
+                    profiled = summarise_profile(folder / "profile.txt")
     return {
         **report_header(settings, args),
         "in_process_best": best,

@@ -101,13 +101,13 @@ WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:1/embed
      50%  812.00us
      75%    9.11ms
      90%   10.05ms
-     99%    1.27s
+     99%    1.27s{TRAILING}
   3061 requests in 2.00s, 1.20MB read
   Socket errors: connect 0, read 1, write 0, timeout 2
   Non-2xx or 3xx responses: 4
 Requests/sec:   1530.50
 Transfer/sec:      0.60MB
-"""
+""".format(TRAILING=" ")  # wrk pads its seconds
 
 
 def test_wrk_output_is_read() -> None:
@@ -131,8 +131,8 @@ def test_wrk_profile_summary(tmp_path: Path) -> None:
     raw.write_text("main (a/cli.py:1);run (b/x.py:2) 3\nmain (a/cli.py:1) 1\n", encoding="utf-8")
     summary = wrk.summarise_profile(raw)
     assert summary["samples"] == 4
-    assert summary["self"] == [["run (x.py:2)", 0.75], ["main (cli.py:1)", 0.25]]
-    assert dict(summary["total"])["main (cli.py:1)"] == 1.0
+    assert summary["self"] == [["run (x.py)", 0.75], ["main (cli.py)", 0.25]]
+    assert dict(summary["total"])["main (cli.py)"] == 1.0
 
 
 @pytest.mark.skipif(wrk.shutil.which("wrk") is None, reason="wrk is not installed (.ci/run has it)")
