@@ -8,8 +8,10 @@ share when several are free; plus, with `wait_ms`, those arriving within
 `wait_ms` of the first), skip those whose caller has gone, sort them by shape,
 split them so that a call pads at most `MAX_BATCH_ELEMENTS` values, and run
 onnxruntime in a worker thread (a call of at most `inline_values` input values,
-a short text, on the event loop when no other call is running). With `release_memory` it hands memory back once idle for
-`RELEASE_AFTER_IDLE_S`. The design: docs/architecture.md (Serving).
+a short text, on the event loop when no other call is running; a call that runs
+alone may use the encoder's session on every core). With `release_memory` it
+hands memory back once idle for `RELEASE_AFTER_IDLE_S`. The design:
+docs/architecture.md (Serving).
 """
 
 from __future__ import annotations
@@ -226,14 +228,15 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Entry]) -> None:
         self._batch_size.observe(len(batch))
-        run: Callable[[list[Prepared]], list[Result]] = self.encoder.run
-        inline = self._in_flight == 0 and sum(_input_values(e) for e in batch) <= self.inline_values
+        run: Callable[[list[Prepared], bool], list[Result]] = self.encoder.run
+        alone = self._in_flight == 0
+        inline = alone and sum(_input_values(e) for e in batch) <= self.inline_values
         self._in_flight += 1
         try:
             if inline:
-                results = run([e.prepared for e in batch])
+                results = run([e.prepared for e in batch], alone)
             else:
-                results = await asyncio.to_thread(run, [e.prepared for e in batch])
+                results = await asyncio.to_thread(run, [e.prepared for e in batch], alone)
         except asyncio.CancelledError:
             self._settle(batch, NotReady("the service is shutting down"))
             raise

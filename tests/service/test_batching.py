@@ -99,9 +99,13 @@ class FakeEncoder:
         self.running = self.most_running = 0
         self._lock = threading.Lock()
         self.threads: list[int] = []
+        self.alone: list[bool] = []
 
-    def run(self, prepared: list[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def run(
+        self, prepared: list[Prepared], alone: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         self.threads.append(threading.get_ident())
+        self.alone.append(alone)
         with self._lock:
             self.running += 1
             self.most_running = max(self.most_running, self.running)
@@ -208,6 +212,7 @@ def test_batcher_runs_a_tiny_call_on_the_event_loop_only_when_no_other_runs() ->
         await busy
         await batcher.stop()
         assert loop_thread not in encoder.threads
+        assert encoder.alone == [True, True, True, False]  # the last ran beside another
 
     asyncio.run(scenario())
 
@@ -282,19 +287,25 @@ def test_max_inference_batch_is_per_modality_unless_set(make_client: MakeClient)
 
 
 def test_inference_instances_are_per_modality_unless_set(make_client: MakeClient) -> None:
-    def plan(client: TestClient) -> dict[str, tuple[int, int]]:
+    def plan(client: TestClient) -> dict[str, tuple[int, int, int | None]]:
         registry = client.app.state.registry  # type: ignore[attr-defined]
         return {
-            served.modality: (served.batcher.instances, served.encoder.runner.threads)
+            served.modality: (
+                served.batcher.instances,
+                served.encoder.runner.threads,
+                served.encoder.solo.threads if served.encoder.solo else None,
+            )
             for served in registry
         }
 
-    cores = min(os.cpu_count() or 1, MAX_AUTO_INSTANCES)
-    share = max(1, (os.cpu_count() or 1) // cores)
+    cores = os.cpu_count() or 1
+    count = min(cores, MAX_AUTO_INSTANCES)
+    share = max(1, cores // count)
+    solo = cores if cores > share else None  # a call alone may take every core
     assert plan(make_client()) == {
-        "audio": (cores, share),
-        "image": (cores, share),
-        "text": (cores, 1),
+        "audio": (count, share, solo),
+        "image": (count, share, solo),
+        "text": (count, 1, None),
     }
     set_both = plan(make_client(inference_instances=3, intra_op_threads=2))
-    assert set_both == {"audio": (3, 2), "image": (3, 2), "text": (3, 2)}
+    assert set_both == {"audio": (3, 2, None), "image": (3, 2, None), "text": (3, 2, None)}
