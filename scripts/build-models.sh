@@ -26,9 +26,11 @@ corpus() {  # corpus KIND [FOLDER] [ARGS...]: build it once; a manifest means it
     [ -f "$CORPORA/$folder/manifest.csv" ] || "$BIN/cpc-embed" data "$kind" --out "$CORPORA/$folder" "$@"
 }
 
-model() {  # model MODALITY STEPS "TRAIN_FOLDERS" EVAL_FOLDERS... (the default config)
+model() {  # model MODALITY STEPS "TRAIN_FOLDERS" EVAL_FOLDERS... (the default config,
+    # with scripts/models/MODALITY.toml over it where there is one)
     local modality=$1 steps=$2 data=()
     for folder in $3; do data+=(--data "$CORPORA/$folder"); done
+    [ -f "scripts/models/$modality.toml" ] && data+=(--config "scripts/models/$modality.toml")
     shift 3
     if [ -f "$RUNS/$modality/checkpoint.pt" ]; then
         "$BIN/cpc-embed" train --modality "$modality" "${data[@]}" --out "$RUNS/$modality" \
