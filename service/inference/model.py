@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 WARMUP_TEXT = "Warming up the model. This is the second sentence."
 
 
+# A bound on memory rather than a measured optimum (this machine has 2 cores): every
+# concurrent call holds its own activations in the arena.
 MAX_AUTO_INSTANCES = 4
 
 
