@@ -55,7 +55,12 @@ def part_limit(max_text_chars: int, max_json_field_bytes: int = 0) -> int:
 
 def media_type(request: Request) -> str:
     """The request's media type, lower case, without parameters ("" when absent)."""
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media_type_of(request.headers.get("content-type", ""))
+
+
+def media_type_of(content_type: str) -> str:
+    """The media type of a Content-Type value, lower case, without parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def is_json(kind: str) -> bool:

@@ -135,11 +135,14 @@ async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def handle_client_disconnect(request: Request, exc: Exception) -> JSONResponse:
-    logger.info(
-        "%s %s: the client hung up before sending its whole body", request.method, request.url.path
-    )
+    return client_disconnect_response(request.method, request.url.path)
+
+
+def client_disconnect_response(method: str, path: str) -> JSONResponse:
+    """The 400 of a client that hung up mid-body (logged; the client no longer reads it)."""
+    logger.info("%s %s: the client hung up before sending its whole body", method, path)
     return error_response(
-        400, "the client closed the connection before the body was complete", path=request.url.path
+        400, "the client closed the connection before the body was complete", path=path
     )
 
 

@@ -34,17 +34,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.bodies import JSON_TYPE, is_json
+from service.api.bodies import JSON_TYPE, is_json, media_type_of
 from service.api.error_handlers import (
+    client_disconnect_response,
     domain_error_response,
-    error_response,
     internal_error,
     log_unexpected,
 )
 from service.api.middleware.auth import grants, key_bytes
-from service.api.middleware.request_log import REQUEST_ID_HEADER, log_access, request_id_of
+from service.api.middleware.metrics import record_request
+from service.api.middleware.request_log import add_request_id, log_access, request_id_of
 from service.api.middleware.timeouts import timeout_response
 from service.api.routes.embed import embed_body
 from service.api.routes.openai import openai_body
@@ -70,16 +72,7 @@ async def _openai(registry: ModelRegistry, settings: Settings, body: bytes) -> d
 
 
 ROUTES: dict[str, Handler] = {"/embed": _embed, "/v1/embeddings": _openai}
-_JSON_HEADER = (b"content-type", JSON_TYPE.encode("ascii"))
-_ID_NAME = REQUEST_ID_HEADER.lower().encode("ascii")
-
-
-class _Refused(Exception):
-    """The body does not match the schema: the full path answers it (with its 422)."""
-
-
-class _Disconnected(Exception):
-    """The client went away before its whole body arrived."""
+_JSON = (b"content-type", JSON_TYPE.encode("ascii"))
 
 
 class LeanEmbedMiddleware:
@@ -118,7 +111,7 @@ class LeanEmbedMiddleware:
                 return None
         if length is None or not length.isdigit() or int(length) > self.settings.max_request_bytes:
             return None
-        if not is_json(kind.decode("latin-1").split(";", 1)[0].strip().lower()):
+        if not is_json(media_type_of(kind.decode("latin-1"))):
             return None
         if (self.key or self.read_key) and not grants(scope, self.key, self.read_key):
             return None
@@ -128,62 +121,52 @@ class LeanEmbedMiddleware:
         start = time.perf_counter()
         request_id = request_id_of(scope)
         token = REQUEST_ID.set(request_id)
+        try:
+            status = await self._answer(handler, scope, receive, send, request_id)
+            if status is not None:
+                path = scope["path"]
+                record_request(self.metrics, path, status, start)
+                log_access(scope, "POST", path, status, start, request_id)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _answer(
+        self, handler: Handler, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> int | None:
+        """Answer the request: its status, or None when the full path answered it (and
+        logged and counted it)."""
         path = scope["path"]
-        status: int | None = None
-        reading = True
-        body = b""
+        body: bytes | None = None  # None while it is still arriving
         deadline: asyncio.Timeout | None = None
         try:
             async with asyncio.timeout(self.settings.request_timeout_s) as deadline:
                 body = await _read_body(receive)
-                reading = False
-                try:
-                    content = await handler(self.state.registry, self.settings, body)
-                except RequestValidationError as exc:
-                    raise _Refused() from exc
-                except CPCError as exc:
-                    response = domain_error_response(exc, "POST", path)
-                    status = response.status_code
-                    await response(scope, receive, _with_id(send, request_id))
-                    return
-                deadline.reschedule(None)  # the answer is on its way: no more limit
-                payload = render_json(content)
-                status = 200
-                await _send_json(send, payload, request_id)
-        except _Refused:
+                content = await handler(self.state.registry, self.settings, body)
+            payload = render_json(content)  # the clock stopped: the answer is on its way
+        except RequestValidationError:
+            assert body is not None  # only a body that arrived is validated
             await self._replay(body, scope, receive, send)
-            status = None  # the full path logged and counted it
-        except _Disconnected:
-            logger.info("POST %s: the client hung up before sending its whole body", path)
-            response = error_response(
-                400, "the client closed the connection before the body was complete", path=path
-            )
-            status = response.status_code
-            await response(scope, receive, _with_id(send, request_id))
+            return None
+        except ClientDisconnect:
+            response = client_disconnect_response("POST", path)
+        except CPCError as exc:
+            response = domain_error_response(exc, "POST", path)
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
-                if status is None:  # else the answer had started: nothing more to say
-                    response = timeout_response(
-                        self.settings.request_timeout_s, "POST", path, waiting_for_body=reading
-                    )
-                    status = response.status_code
-                    await response(scope, receive, _with_id(send, request_id))
+                response = timeout_response(
+                    self.settings.request_timeout_s, "POST", path, waiting_for_body=body is None
+                )
             else:
                 log_unexpected("POST", path, exc)
-                if status is None:
-                    status = 500
-                    await internal_error(path)(scope, receive, _with_id(send, request_id))
-        finally:
-            if status is not None:
-                self._record(scope, path, status, start, request_id)
-            REQUEST_ID.reset(token)
-
-    def _record(self, scope: Scope, route: str, status: int, start: float, request_id: str) -> None:
-        try:
-            self.metrics.observe_request(route, status, time.perf_counter() - start)
-        except Exception:  # metrics must never break a response
-            logger.exception("could not record request metrics")
-        log_access(scope, "POST", route, status, start, request_id)
+                response = internal_error(path)
+        else:
+            try:
+                await _send_json(send, payload, request_id)
+            except Exception as exc:  # the client is gone: nothing more to say
+                log_unexpected("POST", path, exc)
+            return 200
+        await response(scope, receive, _with_id(send, request_id))
+        return response.status_code
 
     async def _replay(self, body: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the request, with the body already read, to the full path."""
@@ -204,24 +187,18 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _Disconnected()
+            raise ClientDisconnect()
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _send_json(send: Send, payload: bytes, request_id: str) -> None:
-    headers = [
-        _JSON_HEADER,
-        (b"content-length", str(len(payload)).encode("ascii")),
-        _id_header(request_id),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    length = (b"content-length", str(len(payload)).encode("ascii"))
+    start: Message = {"type": "http.response.start", "status": 200, "headers": [_JSON, length]}
+    add_request_id(start, request_id)
+    await send(start)
     await send({"type": "http.response.body", "body": payload})
-
-
-def _id_header(request_id: str) -> tuple[bytes, bytes]:
-    return _ID_NAME, request_id.encode("latin-1")
 
 
 def _with_id(send: Send, request_id: str) -> Send:
@@ -229,9 +206,7 @@ def _with_id(send: Send, request_id: str) -> Send:
 
     async def sender(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [*message.get("headers", [])]
-            headers.append(_id_header(request_id))
-            message = {**message, "headers": headers}
+            add_request_id(message, request_id)
         await send(message)
 
     return sender

@@ -58,11 +58,12 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            try:
-                self.metrics.observe_request(
-                    route_template(scope, self.routes),
-                    status["code"],
-                    time.perf_counter() - start,
-                )
-            except Exception:  # metrics must never break a response
-                logger.exception("could not record request metrics")
+            record_request(self.metrics, route_template(scope, self.routes), status["code"], start)
+
+
+def record_request(metrics: Metrics, route: str, status: int, start: float) -> None:
+    """Count and time one request that began at `start` (perf_counter)."""
+    try:
+        metrics.observe_request(route, status, time.perf_counter() - start)
+    except Exception:  # metrics must never break a response
+        logger.exception("could not record request metrics")

@@ -69,7 +69,7 @@ class RequestLogMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 sent["status"] = int(message["status"])
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                add_request_id(message, request_id)
             await send(message)
 
         method, path = str(scope.get("method", "")), str(scope.get("path", ""))
@@ -83,6 +83,11 @@ class RequestLogMiddleware:
             route = route_template(scope, self.routes)
             log_access(scope, method, route, sent["status"], start, request_id)
             REQUEST_ID.reset(token)
+
+
+def add_request_id(start: Message, request_id: str) -> None:
+    """Add the X-Request-ID header to an `http.response.start` message."""
+    MutableHeaders(scope=start).append(REQUEST_ID_HEADER, request_id)
 
 
 def log_access(
