@@ -210,7 +210,7 @@ class DynamicBatcher:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
-        share = min(self.max_batch, -(-len(self._queue) // max(1, self._idle)))
+        share = min(self.max_batch, -(-len(self._queue) // self._idle))  # this one counts
         batch: list[_Entry] = []
         taken = 0
         while self._queue and len(batch) < share:

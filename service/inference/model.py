@@ -142,9 +142,8 @@ class OnnxEncoder:
 
         threads = intra_op_threads or auto_threads(spec.modality, instances)
         runner = session(threads)
-        solo = None
-        if not intra_op_threads and auto_threads(spec.modality, 1) > threads:
-            solo = session(auto_threads(spec.modality, 1))
+        every_core = auto_threads(spec.modality, 1)
+        solo = session(every_core) if not intra_op_threads and every_core > threads else None
         tokenizer = None
         if isinstance(spec.preprocess, TextPreprocess):
             tokenizer = TextTokenizer.from_file(
@@ -267,9 +266,13 @@ class OnnxEncoder:
         return self._prepare_text(WARMUP_TEXT, pre)
 
     def warmup(self) -> None:
-        """Run a batch of one and of two; BundleError if the widths differ from bundle.json."""
+        """Run a batch of one and of two (and one on the `solo` session, if any);
+        BundleError if the widths differ from bundle.json."""
         sample = self.warmup_input()
-        for batch, alone in (([sample], False), ([sample, sample], False), ([sample], True)):
+        calls = [([sample], False), ([sample, sample], False)]
+        if self.solo is not None:
+            calls.append(([sample], True))
+        for batch, alone in calls:
             (z, c), *_ = self.run(batch, alone)
             if z.shape[-1] != self.spec.dims.encoder or c.shape[-1] != self.spec.dims.context:
                 raise BundleError(
