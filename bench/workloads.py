@@ -14,6 +14,7 @@ import base64
 import functools
 import io
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -159,7 +160,11 @@ def random_input(modality: str, rng: np.random.Generator) -> bytes | str:
     return paragraph(int(rng.integers(1, 21)), int(rng.integers(0, 2**31)))
 
 
+def json_inputs(raws: Sequence[bytes | str]) -> list[str]:
+    """Inputs as JSON strings: texts as they are, files as base64."""
+    return [r if isinstance(r, str) else base64.b64encode(r).decode("ascii") for r in raws]
+
+
 def request_body(model: str, *raws: bytes | str) -> bytes:
     """The JSON body of `POST /embed` for these inputs (files as base64)."""
-    values = [r if isinstance(r, str) else base64.b64encode(r).decode("ascii") for r in raws]
-    return json.dumps({"model": model, "inputs": values}).encode("utf-8")
+    return json.dumps({"model": model, "inputs": json_inputs(raws)}).encode("utf-8")

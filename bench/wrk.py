@@ -30,7 +30,6 @@ any request failed.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ from typing import Any
 from bench.embed import ceiling, workloads
 from bench.machine import machine_line, setup_logging, write_results
 from bench.serving import ServiceProcess, auth_headers, report_header
+from bench.workloads import json_inputs
 from service.config import Settings
 from service.errors import BundleError
 from service.inference.model import OnnxEncoder
@@ -75,7 +75,7 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
 
 def bodies(path: str, model: str, raws: list[bytes | str], per_request: int) -> list[str]:
     """`DISTINCT_BODIES` JSON bodies of `per_request` inputs each, cycling through `raws`."""
-    values = [r if isinstance(r, str) else base64.b64encode(r).decode("ascii") for r in raws]
+    values = json_inputs(raws)
     out = []
     for i in range(DISTINCT_BODIES):
         picked = [values[(i * per_request + j) % len(values)] for j in range(per_request)]

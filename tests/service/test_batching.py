@@ -125,6 +125,15 @@ def item(n: int) -> Prepared:
     return Prepared(np.full(n, float(n), dtype=np.float32), steps=n)
 
 
+async def start_busy(
+    batcher: DynamicBatcher, encoder: FakeEncoder, items: list[Prepared]
+) -> asyncio.Future[list[Any]]:
+    """Submit `items` and return once the encoder has started on them."""
+    future = asyncio.ensure_future(batcher.submit(items))
+    await asyncio.to_thread(encoder.started.wait, 5)
+    return future
+
+
 def make_batcher(encoder: FakeEncoder, **kwargs: Any) -> DynamicBatcher:
     """A batcher of `encoder` that runs every call in a worker thread unless told."""
     kwargs.setdefault("inline_values", 0)
@@ -163,8 +172,7 @@ def test_batcher_without_wait_runs_a_lone_input_at_once_and_gathers_the_rest_mea
         encoder = FakeEncoder(delay=0.3)
         batcher = make_batcher(encoder, max_batch=8, wait_ms=0)
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit([item(1)]))
-        await asyncio.to_thread(encoder.started.wait, 5)  # item 1 runs alone, not held back
+        first = await start_busy(batcher, encoder, [item(1)])  # item 1 runs alone, not held back
         later = [asyncio.ensure_future(batcher.submit([item(n)])) for n in (4, 2, 3)]
         await asyncio.gather(first, *later)
         await batcher.stop()
@@ -178,8 +186,7 @@ def test_batcher_instances_run_calls_at_once_and_share_the_queue() -> None:
         encoder = FakeEncoder(delay=0.3)
         batcher = make_batcher(encoder, max_batch=8, wait_ms=0, instances=2)
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit([item(1)]))
-        await asyncio.to_thread(encoder.started.wait, 5)  # one instance is busy with item 1
+        first = await start_busy(batcher, encoder, [item(1)])  # one instance is busy with item 1
         second = await batcher.submit([item(2)])  # the other takes item 2 meanwhile
         assert encoder.most_running == 2 and [int(second[0][0][0, 0])] == [2]
         await first
@@ -205,8 +212,7 @@ def test_batcher_runs_a_tiny_call_on_the_event_loop_only_when_no_other_runs() ->
         assert encoder.threads == [loop_thread, encoder.threads[1]]
         assert encoder.threads[1] != loop_thread
         encoder.delay, encoder.threads = 0.3, []
-        busy = asyncio.ensure_future(batcher.submit([item(INLINE_VALUES + 1)]))
-        await asyncio.to_thread(encoder.started.wait, 5)
+        busy = await start_busy(batcher, encoder, [item(INLINE_VALUES + 1)])
         encoder.delay = 0.0
         await batcher.submit([item(2)])  # tiny, but a call is running: a thread too
         await busy
@@ -222,8 +228,7 @@ def test_batcher_queue_is_bounded_in_inputs() -> None:
         encoder = FakeEncoder(delay=0.3)
         batcher = make_batcher(encoder, max_queue=3, max_batch=1, wait_ms=0)
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit([item(1)]))
-        await asyncio.to_thread(encoder.started.wait, 5)  # item 1 is running, queue is empty
+        first = await start_busy(batcher, encoder, [item(1)])  # item 1 is running, queue is empty
         waiting = asyncio.ensure_future(batcher.submit([item(2), item(3)]))
         await asyncio.sleep(0)
         with pytest.raises(Overloaded, match="queue full"):
@@ -240,8 +245,7 @@ def test_batcher_skips_cancelled_callers_and_fails_waiting_ones_on_stop() -> Non
         encoder = FakeEncoder(delay=0.3)
         batcher = make_batcher(encoder, max_batch=1, wait_ms=0)
         batcher.start()
-        running = asyncio.ensure_future(batcher.submit([item(1)]))
-        await asyncio.to_thread(encoder.started.wait, 5)
+        running = await start_busy(batcher, encoder, [item(1)])
         cancelled = asyncio.ensure_future(batcher.submit([item(2)]))
         await asyncio.sleep(0)
         cancelled.cancel()
@@ -250,8 +254,7 @@ def test_batcher_skips_cancelled_callers_and_fails_waiting_ones_on_stop() -> Non
         assert [2] not in encoder.batches
         encoder.delay = 0.5
         encoder.started.clear()
-        busy = asyncio.ensure_future(batcher.submit([item(3)]))
-        await asyncio.to_thread(encoder.started.wait, 5)
+        busy = await start_busy(batcher, encoder, [item(3)])
         queued = asyncio.ensure_future(batcher.submit([item(4)]))
         await asyncio.sleep(0)
         await batcher.stop()
