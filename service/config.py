@@ -108,6 +108,25 @@ class Settings(BaseSettings):
         ge=0,
         description="seconds between index snapshots of changed collections (0: only on shutdown)",
     )
+    check_stores: bool = Field(
+        default=True,
+        description="at start, run SQLite's quick_check over every collection's store (it "
+        "reads every page: about a second per GB) so that a damaged one is taken out of "
+        "service with a reason rather than failing later; off: only the header is checked",
+    )
+    ready_requires_storage: bool = Field(
+        default=False,
+        description="/ready answers 503 while the data folder refuses writes (a full disk), "
+        "so that a load balancer sends traffic elsewhere; off: 200, with the `storage` field "
+        "saying so (reads and searches still work)",
+    )
+    storage_probe_bytes: int = Field(
+        default=1 << 20,
+        ge=1,
+        description="while writes fail, each /ready writes and removes a file of this size in "
+        "the data folder; once that works, it reports the folder writable again (1 MiB: "
+        "room for a few write transactions)",
+    )
     max_queue: int = Field(
         default=1024, gt=0, description="inputs waiting for inference (per model) before 429"
     )

@@ -66,6 +66,13 @@ class Overloaded(CPCError):
     status_code = 429
 
 
+class InsufficientStorage(CPCError):
+    """The data folder has no room for a write that must be durable (507); nothing of the
+    write was kept, and the same write succeeds once space is freed."""
+
+    status_code = 507
+
+
 class NotReady(CPCError):
     """The service is still loading or is draining (503)."""
 
@@ -76,6 +83,13 @@ class TimedOut(CPCError):
     """The request took longer than CPC_REQUEST_TIMEOUT_S (504)."""
 
     status_code = 504
+
+
+class OutOfService(CPCError):
+    """A collection whose files are damaged, kept out of service until an operator acts
+    (503); the other collections serve as usual."""
+
+    status_code = 503
 
 
 class BundleError(Exception):

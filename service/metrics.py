@@ -52,6 +52,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.storage_failures = Counter(
+            "cpc_storage_failures_total",
+            "Writes, collection creations and snapshots the data folder refused, by operation "
+            "and reason (full, read_only, io)",
+            ["operation", "reason"],
+            registry=self.registry,
+        )
+        self.storage_writable = Gauge(
+            "cpc_storage_writable",
+            "1 while the data folder takes writes, 0 from a refused write until one succeeds",
+            registry=self.registry,
+        )
+        self.storage_writable.set(1)
+        self.collections_unavailable = Gauge(
+            "cpc_collections_unavailable",
+            "Collections kept out of service because their files are damaged",
+            registry=self.registry,
+        )
+
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
         self.request_duration.labels(route=route).observe(seconds)

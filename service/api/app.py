@@ -48,6 +48,7 @@ from service.vectors.index import set_faiss_threads
 from service.vectors.manager import CollectionManager
 from service.vectors.milvus import MAX_ORIGINAL_BYTES, MilvusCollections
 from service.vectors.operations import open_collections, refresh_count
+from service.vectors.storage import StorageHealth
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,23 @@ async def _snapshot_loop(manager: CollectionManager, interval_s: float) -> None:
 
 async def _open_collections(app: FastAPI, registry: ModelRegistry) -> CollectionManager:
     settings: Settings = app.state.settings
-    manager = CollectionManager(settings.data_dir, max_metadata_bytes=settings.max_metadata_bytes)
+    metrics: Metrics = app.state.metrics
+    storage = StorageHealth(settings.data_dir, settings.storage_probe_bytes)
+    manager = CollectionManager(
+        settings.data_dir,
+        max_metadata_bytes=settings.max_metadata_bytes,
+        check_stores=settings.check_stores,
+        storage=storage,
+    )
+
+    def count_failure(operation: str, reason: str) -> None:
+        metrics.storage_failures.labels(operation=operation, reason=reason).inc()
+
+    storage.listeners.append(count_failure)
+    metrics.storage_writable.set_function(lambda: float(storage.writable))
+    metrics.collections_unavailable.set_function(lambda: float(len(manager.unavailable())))
     try:
-        await asyncio.to_thread(open_collections, manager, registry, app.state.metrics)
+        await asyncio.to_thread(open_collections, manager, registry, metrics)
     except BaseException:
         await asyncio.to_thread(manager.close_all)
         raise

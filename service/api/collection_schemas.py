@@ -113,8 +113,17 @@ class CollectionDescription(BaseModel):
     index: str
 
 
+class UnavailableCollection(BaseModel):
+    name: str
+    detail: str = Field(description="why it is out of service (its files are damaged)")
+
+
 class CollectionList(BaseModel):
     collections: list[CollectionDescription]
+    unavailable: list[UnavailableCollection] = Field(
+        default_factory=list,
+        description="collections kept out of service: their routes answer 503 with this detail",
+    )
 
 
 class ItemResponse(BaseModel):

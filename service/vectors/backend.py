@@ -78,6 +78,15 @@ class CollectionBackend(Protocol):
     def ping(self) -> None:
         """Unavailable unless the backend can serve now (for /ready)."""
 
+    def unavailable(self) -> dict[str, str]:
+        """The collections kept out of service (damaged files), and why."""
+        ...
+
+    def storage_state(self, probe: bool = False) -> dict[str, Any]:
+        """The `storage` field of /ready: whether writes can be made durable now (`probe`:
+        while they cannot, try again)."""
+        ...
+
     def snapshot_all(self) -> None: ...
 
     def close_all(self) -> None: ...

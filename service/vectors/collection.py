@@ -31,6 +31,7 @@ from service.vectors.index import (
     load_index,
     make_index,
 )
+from service.vectors.storage import StorageHealth
 from service.vectors.store import Item, ItemStore, Original
 from service.vectors.validation import (
     checked_items,
@@ -171,12 +172,16 @@ class Collection:
         cls,
         folder: Path,
         index_params: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        health: StorageHealth | None = None,
+        check: bool = True,
         **options: Any,
     ) -> Collection:
-        """Open the collection in `folder`; `index_params` maps an index kind to its options."""
+        """Open the collection in `folder`; `index_params` maps an index kind to its options.
+        StoreDamaged if its store is not sound (`check`: SQLite's quick_check first)."""
         for stale in folder.glob(f".{INDEX_FILE}.*.tmp"):  # a snapshot cut short by a crash
             stale.unlink(missing_ok=True)
-        store = ItemStore.open(folder / STORE_FILE)
+        store = ItemStore.open(folder / STORE_FILE, health, check=check)
         try:
             params = (index_params or {}).get(store.info.index, {})
             index, changed = _load_index(store, folder / INDEX_FILE, params)
@@ -263,7 +268,14 @@ class Collection:
             self._save()
 
     def _save(self) -> None:
-        self._index.save(self.folder / INDEX_FILE, self.store.version())
+        """Write the snapshot. One the disk refuses is logged, counted and tried again
+        later: the store holds every write, and the index is only its cache."""
+        try:
+            self._index.save(self.folder / INDEX_FILE, self.store.version())
+        except OSError as exc:
+            logger.warning("collection '%s': index snapshot not written: %s", self.name, exc)
+            self.store.health.snapshot_failed(exc)
+            return
         self._unsaved = 0
 
     def snapshot(self) -> None:

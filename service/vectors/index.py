@@ -163,14 +163,18 @@ class _FaissIndex:
         digest = hashlib.sha256(head)
         digest.update(memoryview(payload))
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(_MAGIC + struct.pack("<I", len(head)) + head)
-            fh.write(struct.pack("<Q", len(payload)))
-            fh.write(memoryview(payload))
-            fh.write(digest.digest())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(_MAGIC + struct.pack("<I", len(head)) + head)
+                fh.write(struct.pack("<Q", len(payload)))
+                fh.write(memoryview(payload))
+                fh.write(digest.digest())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk: give its space back
+            raise
         fsync_dir(path.parent)
         logger.info("index snapshot %s: %d vectors at version %d", path, self.ntotal, version)
 

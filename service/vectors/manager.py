@@ -3,6 +3,9 @@
 Creating and deleting are atomic on disk: a new collection is built in a
 hidden folder and renamed into place; a deleted one is renamed away before it
 is removed, so a crash leaves either the whole collection or none of it.
+A collection whose store is damaged (empty, not SQLite, failing SQLite's
+quick_check) is kept out of service: every route of it answers 503 saying why,
+and the others serve. The data folder's write state is one `StorageHealth`.
 Layout: `<data_dir>/collections/<name>/{items.sqlite3, index.faiss}`.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import uuid
 from collections.abc import Mapping
@@ -18,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from service.durable import fsync_dir
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, NotFound, OutOfService
 from service.inference.pooling import VectorPooling, pooled_dim
 from service.vectors.collection import STORE_FILE, Collection
-from service.vectors.store import CollectionInfo, ItemStore
+from service.vectors.index import SnapshotError
+from service.vectors.storage import StorageHealth
+from service.vectors.store import CollectionInfo, ItemStore, StoreDamaged
 from service.vectors.validation import NAME_RE, check_new_collection
 
 logger = logging.getLogger(__name__)
@@ -37,21 +43,43 @@ class CollectionManager:
         max_metadata_bytes: int = 65536,
         snapshot_every: int = 5000,
         index_params: Mapping[str, Mapping[str, Any]] | None = None,
+        check_stores: bool = True,
+        storage: StorageHealth | None = None,
     ) -> None:
         self.root = Path(data_dir) / "collections"
         self.max_metadata_bytes = max_metadata_bytes
         self.snapshot_every = snapshot_every
         self.index_params = dict(index_params or {})
+        self.check_stores = check_stores
+        self.storage = storage or StorageHealth(Path(data_dir))
         self._lock = threading.RLock()
         self._collections: dict[str, Collection] = {}
+        self._damaged: dict[str, str] = {}  # name -> why it is out of service
 
     def _open(self, folder: Path) -> Collection:
         return Collection.open(
             folder,
             self.index_params,
+            health=self.storage,
+            check=self.check_stores,
             max_metadata_bytes=self.max_metadata_bytes,
             snapshot_every=self.snapshot_every,
         )
+
+    def _open_or_mark(self, folder: Path) -> None:
+        """Open one collection; one whose files are damaged is marked out of service."""
+        try:
+            coll = self._open(folder)
+        except (StoreDamaged, SnapshotError, sqlite3.DatabaseError, OSError) as exc:
+            self._damaged[folder.name] = str(exc)
+            logger.error(
+                "collection '%s' is out of service: %s (docs/operations.md: damaged files)",
+                folder.name,
+                exc,
+            )
+            return
+        self._collections[folder.name] = coll
+        logger.info("opened collection '%s' (%d items)", folder.name, coll.count())
 
     def open_all(self) -> None:
         """Open every collection on disk; leftovers of interrupted creates/deletes are removed."""
@@ -64,9 +92,7 @@ class CollectionManager:
                 elif folder.name in self._collections:
                     continue
                 elif NAME_RE.fullmatch(folder.name) and (folder / STORE_FILE).is_file():
-                    coll = self._open(folder)
-                    self._collections[folder.name] = coll
-                    logger.info("opened collection '%s' (%d items)", folder.name, coll.count())
+                    self._open_or_mark(folder)
                 else:
                     logger.warning("ignoring %s: not a collection folder", folder)
 
@@ -83,20 +109,26 @@ class CollectionManager:
         check_new_collection(name, model, dim, index, pooling)
         with self._lock:
             final = self.root / name
+            if name in self._damaged:
+                raise Conflict(f"collection '{name}' exists but is out of service (damaged)")
             if name in self._collections or final.exists():
                 raise Conflict(f"collection '{name}' already exists")
-            self.root.mkdir(parents=True, exist_ok=True)
             tmp = self.root / f".new-{name}-{uuid.uuid4().hex}"
-            tmp.mkdir()
             try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                tmp.mkdir()
                 info = CollectionInfo(name, model, dim, index, pooling)
                 ItemStore.create(tmp / STORE_FILE, info).close()
                 fsync_dir(tmp)
                 os.rename(tmp, final)
                 fsync_dir(self.root)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
+                error = self.storage.error_for(exc, "create")
+                if error is not None:
+                    raise error from exc
                 raise
+            self.storage.succeeded()
             coll = self._open(final)
             self._collections[name] = coll
             logger.info(
@@ -112,12 +144,25 @@ class CollectionManager:
     def get(self, name: str) -> Collection:
         with self._lock:
             coll = self._collections.get(name)
+            damaged = self._damaged.get(name)
+        if damaged is not None:
+            raise OutOfService(
+                f"collection '{name}' is out of service: {damaged}. The other collections "
+                "serve; restore its folder from a backup, or move it away and restart "
+                "(`cpc-embed check` lists what is damaged)"
+            )
         if coll is None:
             raise NotFound(f"no collection named '{name}'")
         return coll
 
+    def unavailable(self) -> dict[str, str]:
+        """The collections out of service, and why."""
+        with self._lock:
+            return dict(self._damaged)
+
     def delete(self, name: str) -> None:
         """Close the collection and remove its folder; NotFound if there is none."""
+        self.get(name)  # OutOfService for a damaged one: its files are left to the operator
         with self._lock:
             coll = self._collections.pop(name, None)
         if coll is None:
@@ -152,6 +197,13 @@ class CollectionManager:
 
     def ping(self) -> None:
         """Nothing to ask: the collections live in this process."""
+
+    def storage_state(self, probe: bool = False) -> dict[str, Any]:
+        """Whether the data folder takes writes (with `probe`, tried again while it does
+        not), and the collections out of service."""
+        if probe:
+            self.storage.probe()
+        return {**self.storage.describe(), "unavailable": self.unavailable()}
 
     def snapshot_all(self) -> None:
         """Save the index snapshot of every collection that changed since its last one."""

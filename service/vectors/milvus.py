@@ -796,6 +796,20 @@ class MilvusCollections:
         """Unavailable unless Milvus answers now (for a readiness check)."""
         self._call("answer", lambda c: c.list_collections(timeout=self.connection.timeout_s))
 
+    def unavailable(self) -> dict[str, str]:
+        """Nothing is kept out of service here: Milvus answers for its own files."""
+        return {}
+
+    def storage_state(self, probe: bool = False) -> dict[str, Any]:
+        """Milvus keeps the data: its own state is what /ready's ping reports."""
+        return {
+            "backend": "milvus",
+            "writable": None,
+            "detail": None,
+            "since": None,
+            "unavailable": {},
+        }
+
     def snapshot_all(self) -> None:
         """Nothing to do: Milvus keeps its own data (the embedded manager saves indexes)."""
 

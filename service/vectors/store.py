@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,11 +30,14 @@ import numpy as np
 from service.errors import InvalidInput, NotFound
 from service.inference.pooling import VECTOR_POOLINGS, VectorPooling
 from service.vectors.filters import Condition, matches, to_sql
+from service.vectors.storage import StorageHealth
 
 logger = logging.getLogger(__name__)
 
 STORE_FORMAT = 2  # the newest format this service reads (see "Pooling" above)
 _CHUNK = 500  # seqs per `IN (...)` query, well under SQLite's variable limit
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_BYTES = 100  # an SQLite file's header
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -123,15 +127,45 @@ def _select_in(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Itera
         yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
 
 
+class StoreDamaged(ValueError):
+    """A store file that cannot be trusted: empty, not SQLite, or failing SQLite's check."""
+
+
+def check_store_file(path: Path) -> None:
+    """StoreDamaged unless `path` starts like an SQLite database (read, never written)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEADER_BYTES)
+    except OSError as exc:
+        raise StoreDamaged(f"{path} cannot be read: {exc}") from exc
+    if not head:
+        raise StoreDamaged(f"{path} is empty (0 bytes)")
+    if len(head) < _HEADER_BYTES or not head.startswith(_SQLITE_MAGIC):
+        raise StoreDamaged(f"{path} is not an SQLite database (its header is damaged)")
+
+
+def integrity_problems(conn: sqlite3.Connection, pragma: str = "quick_check") -> list[str]:
+    """What SQLite's `quick_check` (or `integrity_check`) finds wrong; empty when sound."""
+    rows = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}").fetchall()]
+    return [] if rows == ["ok"] else rows
+
+
 class ItemStore:
     """The SQLite store of one collection. Thread-safe: one connection behind a lock."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, health: StorageHealth | None = None
+    ) -> None:
         self.path = path
+        self.health = health or StorageHealth(path.parent)
         self._conn = conn
         self._lock = threading.RLock()
         self._closed = False
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreDamaged(f"{path} has no readable meta table: {exc}") from exc
         pooling = meta.get("pooling", "mean")  # no row: a store from before pooling rows
         try:
             self.info = CollectionInfo(
@@ -145,7 +179,7 @@ class ItemStore:
             )
         except KeyError as exc:
             conn.close()
-            raise ValueError(
+            raise StoreDamaged(
                 f"{path} is not a collection store: no {exc} in its meta table"
             ) from exc
         except ValueError as exc:
@@ -168,7 +202,9 @@ class ItemStore:
         return conn
 
     @classmethod
-    def create(cls, path: Path, info: CollectionInfo) -> ItemStore:
+    def create(
+        cls, path: Path, info: CollectionInfo, health: StorageHealth | None = None
+    ) -> ItemStore:
         """Create a new store file at `path` (which must not exist) describing `info`."""
         if path.exists():
             raise FileExistsError(path)
@@ -190,20 +226,35 @@ class ItemStore:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.items())
         conn.execute("COMMIT")
-        return cls(path, conn)
+        return cls(path, conn, health)
 
     @classmethod
-    def open(cls, path: Path) -> ItemStore:
-        """Open an existing store file."""
+    def open(
+        cls, path: Path, health: StorageHealth | None = None, *, check: bool = True
+    ) -> ItemStore:
+        """Open an existing store file; StoreDamaged if it is not a sound one (with `check`,
+        SQLite's quick_check reads every page first). A damaged file is never written."""
         if not path.is_file():
             raise FileNotFoundError(path)
-        conn = cls._connect(path)
+        check_store_file(path)
         try:
+            conn = cls._connect(path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamaged(f"{path} cannot be opened: {exc}") from exc
+        try:
+            problems = integrity_problems(conn) if check else []
+            if problems:
+                shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+                raise StoreDamaged(f"{path} fails SQLite's quick_check: {shown}")
+            store = cls(path, conn, health)
             conn.executescript(_ORIGINALS_SCHEMA)  # a store file from before originals
-        except sqlite3.Error:
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreDamaged(f"{path} cannot be read: {exc}") from exc
+        except BaseException:
             conn.close()
             raise
-        return cls(path, conn)
+        return store
 
     def close(self) -> None:
         with self._lock:
@@ -238,6 +289,37 @@ class ItemStore:
 
     # -- writes --------------------------------------------------------------------------------
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: committed whole, or rolled back whole.
+
+        A constraint violation is InvalidInput; a disk that refuses the write is the
+        error `StorageHealth` names (507 for a full disk). SQLite may have rolled back
+        by itself (it does on a full disk), so the rollback is only asked for while a
+        transaction is still open.
+        """
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error as undo:  # the connection is gone: SQLite undoes it
+                        logger.warning("%s: rollback failed: %s", self.path, undo)
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise InvalidInput(
+                        f"the batch was rejected and nothing was written: {exc}"
+                    ) from exc
+                error = self.health.error_for(exc)
+                if error is not None:
+                    raise error from exc
+                raise
+        self.health.succeeded()
+
     def upsert(
         self,
         items: Sequence[tuple[str, np.ndarray, Mapping[str, Any]]],
@@ -256,35 +338,23 @@ class ItemStore:
         prepared = [(item_id, self._vector_blob(v), dump_metadata(m)) for item_id, v, m in items]
         now = time.time()
         out: list[tuple[str, int, int | None]] = []
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                next_seq = self._meta_int("next_seq")
-                version = self._meta_int("version") + 1
-                for (item_id, blob, metadata), original in zip(prepared, kept, strict=True):
-                    row = db.execute("SELECT seq FROM items WHERE id = ?", (item_id,)).fetchone()
-                    db.execute(
-                        "INSERT INTO items (id, seq, vector, metadata, version, updated_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                        "seq = excluded.seq, vector = excluded.vector, "
-                        "metadata = excluded.metadata, version = excluded.version, "
-                        "updated_at = excluded.updated_at",
-                        (item_id, next_seq, blob, metadata, version, now),
-                    )
-                    self._write_original(item_id, original)
-                    out.append((item_id, next_seq, None if row is None else int(row[0])))
-                    next_seq += 1
-                self._set_counters(next_seq, version)
-                db.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:
-                db.execute("ROLLBACK")
-                raise InvalidInput(
-                    f"the batch was rejected and nothing was written: {exc}"
-                ) from exc
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            next_seq = self._meta_int("next_seq")
+            version = self._meta_int("version") + 1
+            for (item_id, blob, metadata), original in zip(prepared, kept, strict=True):
+                row = db.execute("SELECT seq FROM items WHERE id = ?", (item_id,)).fetchone()
+                db.execute(
+                    "INSERT INTO items (id, seq, vector, metadata, version, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                    "seq = excluded.seq, vector = excluded.vector, "
+                    "metadata = excluded.metadata, version = excluded.version, "
+                    "updated_at = excluded.updated_at",
+                    (item_id, next_seq, blob, metadata, version, now),
+                )
+                self._write_original(item_id, original)
+                out.append((item_id, next_seq, None if row is None else int(row[0])))
+                next_seq += 1
+            self._set_counters(next_seq, version)
         return out
 
     def _write_original(self, item_id: str, original: Original | None) -> None:
@@ -305,24 +375,12 @@ class ItemStore:
 
     def delete(self, item_id: str) -> int:
         """Delete one item and return the seq it had; NotFound if there is none."""
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = db.execute(
-                    "DELETE FROM items WHERE id = ? RETURNING seq", (item_id,)
-                ).fetchall()
-                if not rows:
-                    db.execute("ROLLBACK")
-                    raise NotFound(f"no item '{item_id}' in collection '{self.info.name}'")
-                db.execute("DELETE FROM originals WHERE id = ?", (item_id,))
-                self._set_counters(self._meta_int("next_seq"), self._meta_int("version") + 1)
-                db.execute("COMMIT")
-            except NotFound:
-                raise
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            rows = db.execute("DELETE FROM items WHERE id = ? RETURNING seq", (item_id,)).fetchall()
+            if not rows:
+                raise NotFound(f"no item '{item_id}' in collection '{self.info.name}'")
+            db.execute("DELETE FROM originals WHERE id = ?", (item_id,))
+            self._set_counters(self._meta_int("next_seq"), self._meta_int("version") + 1)
         return int(rows[0][0])
 
     # -- reads ---------------------------------------------------------------------------------

@@ -70,7 +70,10 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_ready_after_startup(client: TestClient) -> None:
     r = client.get("/ready")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "models": ["audio", "image", "text"]}
+    body = r.json()
+    assert body["status"] == "ready" and body["models"] == ["audio", "image", "text"]
+    storage = {"writable": True, "detail": None, "since": None, "unavailable": {}}
+    assert body["storage"] == {"backend": "embedded", **storage}
     assert client.get("/health").json() == {"status": "ok"}
 
 

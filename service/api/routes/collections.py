@@ -278,7 +278,10 @@ async def list_collections(collections: CollectionsDep) -> dict[str, Any]:
                 continue
         return out
 
-    return {"collections": await asyncio.to_thread(describe_all)}
+    unavailable = [
+        {"name": name, "detail": detail} for name, detail in collections.unavailable().items()
+    ]
+    return {"collections": await asyncio.to_thread(describe_all), "unavailable": unavailable}
 
 
 CREATE_BODY = openapi_body(CreateCollectionRequest)

@@ -5,6 +5,10 @@ done yet (the lifespan adds "models" and removes it once every bundle is
 loaded and warm; a later step, such as opening collections, adds its own),
 and `draining` is set when shutdown begins. A collection backend that can
 fail on its own (Milvus) is asked on every /ready: 503 while it does not answer.
+The body's `storage` says whether the data folder takes writes (each /ready
+while it does not tries a small write, so it turns back without a restart) and
+which collections are out of service; with CPC_READY_REQUIRES_STORAGE a folder
+that refuses writes makes /ready 503 too.
 """
 
 from __future__ import annotations
@@ -58,9 +62,13 @@ async def health() -> dict[str, str]:
     responses={503: {"description": "not ready; `detail` says why"}},
 )
 async def ready(request: Request) -> JSONResponse:
-    reason = not_ready_reason(request.app.state) or await backend_problem(request.app.state)
+    state = request.app.state
+    reason = not_ready_reason(state) or await backend_problem(state)
     if reason is not None:
         return error_response(503, reason)
-    registry = getattr(request.app.state, "registry", None)
+    storage = await asyncio.to_thread(state.collections.storage_state, True)
+    if storage["writable"] is False and state.settings.ready_requires_storage:
+        return error_response(503, f"not ready: {storage['detail']}", storage=storage)
+    registry = getattr(state, "registry", None)
     models = registry.names if registry is not None else []
-    return JSONResponse({"status": "ready", "models": models})
+    return JSONResponse({"status": "ready", "models": models, "storage": storage})
