@@ -1,8 +1,8 @@
 """The `cpc-embed` command line.
 
-`serve`, `index` and `embed-folder` live in the service; `data`, `train`, `export`, `quantize`
-and `eval` live in the training package and are imported only when called, so a serving
-install never loads torch; without torch they say how to install it and exit 2.
+`serve`, `index`, `check` and `embed-folder` live in the service; `data`, `train`, `export`,
+`quantize` and `eval` live in the training package and are imported only when called, so a
+serving install never loads torch; without torch they say how to install it and exit 2.
 `serve` configures logging first (`service.logging_setup`) and runs uvicorn without its own
 logging setup or access log; a SIGTERM drains and exits 0 (SIGINT: 130), as
 docs/architecture.md (Serving) describes.
@@ -102,6 +102,20 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="report every damaged file of a data folder (read only; exit 1 on problems)",
+        description="Check every collection of DATA_DIR: the SQLite store (SQLite's full "
+        "integrity_check), the index snapshot, and what interrupted operations left behind. "
+        "Changes nothing, so it may run beside a server. Exit 0: sound; 1: problems; 2: no "
+        "such folder.",
+    )
+    p.add_argument(
+        "data_dir", type=Path, nargs="?", metavar="DATA_DIR", help="default: CPC_DATA_DIR"
+    )
+
+
 def _add_embed_folder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed-folder",
@@ -152,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_index(sub)
     _add_embed_folder(sub)
+    _add_check(sub)
     from training.cli import add_training_commands  # argument parsing only: no torch
 
     add_training_commands(sub)
@@ -172,6 +187,16 @@ SHUTDOWN_GRACE_S = 5  # beyond CPC_REQUEST_TIMEOUT_S, for the answers to be writ
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:
     """What SIGTERM (0) and SIGINT (130) do outside uvicorn's handling: exit, no traceback."""
     raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
+
+
+def _data_dir_refused(command: str, settings: Settings) -> bool:
+    """Whether the data folder cannot take collections: then one line on stderr says why."""
+    from service.vectors.storage import data_dir_problem
+
+    problem = data_dir_problem(settings.data_dir)
+    if problem is not None:
+        sys.stderr.write(f"cpc-embed {command}: {problem}\n")
+    return problem is not None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -196,6 +221,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"cpc-embed serve --workers {args.workers}: CPC_MILVUS_CONSISTENCY=Session only "
             "shows each process its own writes; use Strong (the default) with several workers\n"
         )
+        return 2
+    if settings.collection_backend == "embedded" and _data_dir_refused("serve", settings):
         return 2
     configure_logging(settings.log_format, args.log_level)
     # uvicorn replaces these while it runs and re-raises the signal once it has drained;
@@ -228,9 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "index":
+        settings = settings_from_args(args)
+        if _data_dir_refused("index", settings):
+            return 2
         from service.offline.index_command import main as index_main
 
-        return index_main(args, settings_from_args(args))
+        return index_main(args, settings)
+    if args.command == "check":
+        from service.offline.check import main as check_main
+
+        return check_main(settings_from_args(args).data_dir)
     if args.command == "embed-folder":
         from service.offline.embed_folder import main as embed_folder_main
 

@@ -48,7 +48,7 @@ from service.vectors.index import set_faiss_threads
 from service.vectors.manager import CollectionManager
 from service.vectors.milvus import MAX_ORIGINAL_BYTES, MilvusCollections
 from service.vectors.operations import open_collections, refresh_count
-from service.vectors.storage import StorageHealth
+from service.vectors.storage import StorageHealth, data_dir_problem
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +59,9 @@ DESCRIPTION = (
 
 
 def _prepare_data_dir(settings: Settings) -> None:
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RuntimeError(
-            f"{settings.data_dir}: cannot create the data folder (CPC_DATA_DIR): {exc}"
-        ) from exc
+    problem = data_dir_problem(settings.data_dir)
+    if problem is not None:
+        raise RuntimeError(problem)
 
 
 async def _snapshot_loop(manager: CollectionManager, interval_s: float) -> None:

@@ -60,6 +60,30 @@ def storage_reason(exc: BaseException) -> Reason | None:
     return None
 
 
+def data_dir_problem(data_dir: Path) -> str | None:
+    """Why `data_dir` cannot hold collections (one line), or None; a missing folder is
+    created when its parent exists (a first start), and a file is written and removed in
+    it to see that it takes writes."""
+    where = f"the data folder {data_dir} (CPC_DATA_DIR)"
+    if not data_dir.exists():
+        if not data_dir.parent.is_dir():
+            return f"{where} does not exist, nor does {data_dir.parent}: create it or mount it"
+        try:
+            data_dir.mkdir()
+        except OSError as exc:
+            return f"{where} does not exist and cannot be created: {exc.strerror}"
+    if not data_dir.is_dir():
+        return f"{where} is not a folder"
+    probe = data_dir / PROBE_FILE
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        kind = "is read-only" if exc.errno in (errno.EROFS, errno.EACCES) else "cannot be written"
+        return f"{where} {kind}: {exc.strerror}"
+    return None
+
+
 class StorageHealth:
     """The write state of one data folder, shared by all of its collections. Thread-safe.
 

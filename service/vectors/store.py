@@ -256,6 +256,11 @@ class ItemStore:
             raise
         return store
 
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's full `integrity_check` finds wrong (slow: for `cpc-embed check`)."""
+        with self._lock:
+            return integrity_problems(self._db(), "integrity_check")
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:

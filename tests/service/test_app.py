@@ -92,10 +92,19 @@ def test_not_ready_before_the_lifespan_and_while_draining(models_dir: Path, tmp_
     assert r.status_code == 503 and "shutting down" in r.json()["detail"]
 
 
-def test_startup_creates_the_data_dir(models_dir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "deep" / "data"
+def test_startup_creates_the_data_dir_but_not_a_missing_mount(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
     with TestClient(create_app(Settings(models_dir=models_dir, data_dir=data))):
         assert data.is_dir()
+    unmounted = tmp_path / "volume" / "data"  # a volume that was not mounted, say
+    with (
+        pytest.raises(RuntimeError, match="does not exist, nor does"),
+        TestClient(create_app(Settings(models_dir=models_dir, data_dir=unmounted))),
+    ):
+        pass
+    assert not unmounted.parent.exists()
 
 
 @pytest.mark.parametrize(
