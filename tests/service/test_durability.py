@@ -127,7 +127,7 @@ def test_acknowledged_upserts_survive_sigkill(
 def check_acknowledged(base: str, writers: list[Writer]) -> None:
     """Every acknowledged item is there with what was acknowledged last, an unacknowledged
     one whole or not at all, and search finds exactly the stored items."""
-    with httpx.Client(base_url=base, timeout=10.0) as client:
+    with httpx.Client(base_url=base, timeout=30.0) as client:
         present: set[str] = set()
         for w in writers:
             for item_id, (vector, metadata) in w.acked.items():

@@ -100,6 +100,9 @@ def test_acknowledged_writes_survive_sigkill_of_milvus(
 
     server.restart()
     wait_for(lambda: status(f"{api.base}/ready") == 200, 120, "the API did not resume")
+    # A restarted Milvus loads the collection before its first query answers.
+    collection = f"{api.base}/collections/{COLLECTION}"
+    wait_for(lambda: status(collection) == 200, 120, "the collection did not load again")
     check_acknowledged(api.base, writers)
 
 

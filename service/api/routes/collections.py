@@ -57,6 +57,10 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such col
 _BAD_NAME: dict[int | str, dict[str, Any]] = {
     400: {"description": "not a valid collection name or item id"}
 }
+_STORAGE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "the collection is out of service (damaged files), or Milvus is down"},
+    507: {"description": "the data folder is full or read-only: nothing was written"},
+}
 
 UPSERT_BODY = openapi_body(
     UpsertRequest,
@@ -161,6 +165,7 @@ def _form_items(form: FormBody) -> tuple[list[NewItem], bool | None]:
     openapi_extra=UPSERT_BODY,
     responses={
         **_NOT_FOUND,
+        **_STORAGE,
         409: {"description": "a vector of the wrong dimension"},
         413: {"description": "too many items, or an input or metadata over the limits"},
     },
@@ -197,7 +202,7 @@ async def get_item(name: str, item_id: str, collections: CollectionsDep) -> Orjs
 @router.delete(
     "/collections/{name}/items/{item_id:anypath}",
     summary="Delete one item (durable before the response)",
-    responses={**_NOT_FOUND, **_BAD_NAME},
+    responses={**_NOT_FOUND, **_BAD_NAME, **_STORAGE},
 )
 async def remove_item(
     name: str, item_id: str, collections: CollectionsDep, metrics: MetricsDep
@@ -295,6 +300,7 @@ CREATE_BODY = openapi_body(CreateCollectionRequest)
     openapi_extra=CREATE_BODY,
     responses={
         **_BAD_NAME,
+        **_STORAGE,
         404: {"description": "unknown model"},
         409: {"description": "the collection exists"},
     },
