@@ -23,7 +23,7 @@ import numpy as np
 
 from service.vectors.collection import INDEX_FILE, STORE_FILE
 from service.vectors.index import SnapshotError, load_index
-from service.vectors.store import ItemStore, StoreDamaged
+from service.vectors.store import ItemStore, StoreDamaged, shown_problems
 from service.vectors.validation import NAME_RE
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _check_collection(folder: Path, report: CheckReport) -> None:
     try:
         problems = store.integrity_problems()
         if problems:
-            shown = "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+            shown = shown_problems(problems, most=5)
             report.problems.append(f"{folder.name}: fails SQLite's integrity_check: {shown}")
             return
         snapshot = _check_snapshot(folder, store, report)

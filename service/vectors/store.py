@@ -3,7 +3,10 @@
 Every item is a row `(id, seq, vector, metadata, version, updated_at)`; `seq`
 comes from a counter in the `meta` table that only grows, so it names one
 immutable vector for ever. Each write method is one fsynced transaction
-(`synchronous=FULL`): all of a batch or none. An item's original lives in the
+(`synchronous=FULL`): all of a batch or none; one the disk refuses is the
+error `service.vectors.storage` names (507 for a full disk), with nothing of it
+kept. A file that is not a sound store raises `StoreDamaged` on open, before
+anything is written to it. An item's original lives in the
 `originals` table and is written in the same transaction as the item.
 Pooling: the `meta` table's `pooling` row (none: mean); a store that is not
 mean pooled is format 2. Filters (`filter_seqs`) mean what
@@ -150,6 +153,11 @@ def integrity_problems(conn: sqlite3.Connection, pragma: str = "quick_check") ->
     return [] if rows == ["ok"] else rows
 
 
+def shown_problems(problems: Sequence[str], most: int = 3) -> str:
+    """The first `most` of SQLite's problem lines, on one line."""
+    return "; ".join(problems[:most]) + (" ..." if len(problems) > most else "")
+
+
 class ItemStore:
     """The SQLite store of one collection. Thread-safe: one connection behind a lock."""
 
@@ -244,8 +252,7 @@ class ItemStore:
         try:
             problems = integrity_problems(conn) if check else []
             if problems:
-                shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
-                raise StoreDamaged(f"{path} fails SQLite's quick_check: {shown}")
+                raise StoreDamaged(f"{path} fails SQLite's quick_check: {shown_problems(problems)}")
             store = cls(path, conn, health)
             conn.executescript(_ORIGINALS_SCHEMA)  # a store file from before originals
         except sqlite3.DatabaseError as exc:

@@ -174,7 +174,7 @@ def test_a_disk_that_fills_up_refuses_writes_with_507_and_recovers(
                 assert hit["id"] == item_id and hit["score"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_by_default_ready_stays_200_and_says_the_disk_is_full(
+def test_by_default_ready_stays_200_while_writes_fail(
     models_dir: Path, tmp_path: Path
 ) -> None:
     with mounted_tmpfs(tmp_path / "disk", "2m") as disk:
