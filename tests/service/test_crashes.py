@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,44 +129,60 @@ def _worker(mode: str, data_dir: Path, seed: int) -> list[str]:
     return [sys.executable, "-m", "tests.service.crash_worker", mode, str(data_dir), str(seed)]
 
 
+@dataclass
+class Tally:
+    """What the kills of one test cut short, and what the restarts removed."""
+
+    kinds: dict[str, int] = field(default_factory=dict)  # operation cut -> kills
+    leftovers: list[str] = field(default_factory=list)
+
+
+def killed_runs(
+    mode: str, data_dir: Path, rng: random.Random, tally: Tally
+) -> Iterator[tuple[Run, dict[str, Any] | None, CollectionManager]]:
+    """KILLS runs of the worker in `mode`, each killed: its lines, the operation the kill
+    cut short (if any) and the folder opened again (closed when the next run starts)."""
+    for seed in range(KILLS):
+        run = run_and_kill(_worker(mode, data_dir, seed), rng)
+        cut = run.in_flight()
+        kind = cut["begin"] if cut else "between"
+        tally.kinds[kind] = tally.kinds.get(kind, 0) + 1
+        manager = _reopen(data_dir, tally.leftovers)
+        try:
+            yield run, cut, manager
+        finally:
+            manager.close_all()
+
+
 def test_sigkill_during_upserts_deletes_and_snapshots(tmp_path: Path) -> None:
     data_dir, rng = tmp_path / "data", random.Random(1)
     present: set[str] = set()
     deleted: set[str] = set()
-    kinds: dict[str, int] = {}
-    leftovers: list[str] = []
-    for seed in range(KILLS):
-        run = run_and_kill(_worker("snapshots", data_dir, seed), rng)
+    tally = Tally()
+    for run, cut, manager in killed_runs("snapshots", data_dir, rng, tally):
         for line in run.acked():
             if line["ack"] == "upsert":
                 present.update(line["ids"])
             elif line["ack"] == "delete":
                 present.discard(line["id"])
                 deleted.add(line["id"])
-        cut = run.in_flight()
-        kind = cut["begin"] if cut else "between"
-        kinds[kind] = kinds.get(kind, 0) + 1
-        manager = _reopen(data_dir, leftovers)
-        try:
-            coll = manager.get(COLLECTION)
-            if cut is not None and cut["begin"] == "upsert":  # whole or not at all
-                landed = [coll.store.get(i) is not None for i in cut["ids"]]
-                assert all(landed) or not any(landed), "half an upsert landed"
-                if all(landed):
-                    present.update(cut["ids"])
-            if cut is not None and cut["begin"] == "delete" and coll.store.get(cut["id"]) is None:
-                present.discard(cut["id"])
-                deleted.add(cut["id"])
-            assert not any(coll.store.get(i) is not None for i in deleted), "a delete came back"
-            _check_items(manager, COLLECTION, present)
-        finally:
-            manager.close_all()
-    assert kinds.get("snapshot", 0) >= 1, f"no kill came during a snapshot: {kinds}"
+        coll = manager.get(COLLECTION)
+        if cut is not None and cut["begin"] == "upsert":  # whole or not at all
+            landed = [coll.store.get(i) is not None for i in cut["ids"]]
+            assert all(landed) or not any(landed), "half an upsert landed"
+            if all(landed):
+                present.update(cut["ids"])
+        if cut is not None and cut["begin"] == "delete" and coll.store.get(cut["id"]) is None:
+            present.discard(cut["id"])
+            deleted.add(cut["id"])
+        assert not any(coll.store.get(i) is not None for i in deleted), "a delete came back"
+        _check_items(manager, COLLECTION, present)
+    assert tally.kinds.get("snapshot", 0) >= 1, f"no kill came during a snapshot: {tally}"
     logger.info(
         "snapshots: %d kills, cut during %s; %d leftovers removed; %d items, %d deletes checked",
         KILLS,
-        kinds,
-        len(leftovers),
+        tally.kinds,
+        len(tally.leftovers),
         len(present),
         len(deleted),
     )
@@ -175,10 +192,8 @@ def test_sigkill_during_collection_create_and_delete(tmp_path: Path) -> None:
     data_dir, rng = tmp_path / "data", random.Random(2)
     alive: dict[str, set[str]] = {}  # acknowledged collections and their acknowledged items
     dropped: set[str] = set()
-    kinds: dict[str, int] = {}
-    leftovers: list[str] = []
-    for seed in range(KILLS):
-        run = run_and_kill(_worker("lifecycle", data_dir, seed), rng)
+    tally = Tally()
+    for run, cut, manager in killed_runs("lifecycle", data_dir, rng, tally):
         for line in run.acked():
             if line["ack"] == "create":
                 alive[line["name"]] = set()
@@ -187,32 +202,25 @@ def test_sigkill_during_collection_create_and_delete(tmp_path: Path) -> None:
             elif line["ack"] == "drop":
                 alive.pop(line["name"])
                 dropped.add(line["name"])
-        cut = run.in_flight()
-        kind = cut["begin"] if cut else "between"
-        kinds[kind] = kinds.get(kind, 0) + 1
-        manager = _reopen(data_dir, leftovers)
-        try:
-            names = {coll.name for coll in manager.list()}
-            if cut is not None and cut["name"] in names and cut["begin"] == "create":
-                alive[cut["name"]] = set()  # it landed whole
-            if cut is not None and cut["begin"] == "upsert":
-                got = manager.get(cut["name"]).count()
-                assert got in (0, len(cut["ids"])), "half an upsert landed"
-                if got:
-                    alive[cut["name"]].update(cut["ids"])
-            if cut is not None and cut["begin"] == "drop" and cut["name"] not in names:
-                alive.pop(cut["name"])
-                dropped.add(cut["name"])
-            assert names == set(alive), "a collection was lost, or a deleted one came back"
-            for name, ids in alive.items():
-                _check_items(manager, name, ids)
-        finally:
-            manager.close_all()
+        names = {coll.name for coll in manager.list()}
+        if cut is not None and cut["name"] in names and cut["begin"] == "create":
+            alive[cut["name"]] = set()  # it landed whole
+        if cut is not None and cut["begin"] == "upsert":
+            got = manager.get(cut["name"]).count()
+            assert got in (0, len(cut["ids"])), "half an upsert landed"
+            if got:
+                alive[cut["name"]].update(cut["ids"])
+        if cut is not None and cut["begin"] == "drop" and cut["name"] not in names:
+            alive.pop(cut["name"])
+            dropped.add(cut["name"])
+        assert names == set(alive), "a collection was lost, or a deleted one came back"
+        for name, ids in alive.items():
+            _check_items(manager, name, ids)
     logger.info(
         "lifecycle: %d kills, cut during %s; %d leftovers removed; %d collections, %d deleted",
         KILLS,
-        kinds,
-        len(leftovers),
+        tally.kinds,
+        len(tally.leftovers),
         len(alive),
         len(dropped),
     )

@@ -10,9 +10,11 @@ item holds its exact vector and no refused one exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from tests.service.small_disk import fill, mounted_tmpfs
 WRITERS = 4
 ITEMS_PER_REQUEST = 20
 PAD = "x" * 1500  # metadata per item: the disk fills in about a hundred requests
-FULL_IN_A_ROW = 6  # refusals in a row after which a writer stops
+FULL_IN_A_ROW = 15  # refusals in a row after which a writer stops
 MAX_REQUESTS = 400  # per writer, in case the disk never filled
 COLLECTION = "filling"
 
@@ -73,6 +75,15 @@ class Writer:
                     return
 
 
+@contextlib.contextmanager
+def data_on_small_disk(tmp_path: Path, size: str) -> Iterator[tuple[Path, Path]]:
+    """`(disk, data_dir)`: a tmpfs of `size` and an empty data folder on it."""
+    with mounted_tmpfs(tmp_path / "disk", size) as disk:
+        data_dir = disk / "data"
+        data_dir.mkdir()
+        yield disk, data_dir
+
+
 def _settings(models_dir: Path, data_dir: Path, **extra: Any) -> Settings:
     return Settings(
         models_dir=models_dir,
@@ -87,9 +98,7 @@ def _settings(models_dir: Path, data_dir: Path, **extra: Any) -> Settings:
 def test_a_disk_that_fills_up_refuses_writes_with_507_and_recovers(
     models_dir: Path, tmp_path: Path
 ) -> None:
-    with mounted_tmpfs(tmp_path / "disk", "4m") as disk:
-        data_dir = disk / "data"
-        data_dir.mkdir()
+    with data_on_small_disk(tmp_path, "4m") as (disk, data_dir):
         ballast = disk / "ballast"
         ballast.write_bytes(b"\0" * (1 << 20))  # freed later: the space that returns
         settings = _settings(models_dir, data_dir, ready_requires_storage=True)
@@ -124,7 +133,9 @@ def test_a_disk_that_fills_up_refuses_writes_with_507_and_recovers(
                 )
                 assert len(acked) >= 10 * ITEMS_PER_REQUEST, statuses
 
-                # Full: reads, searches and /embed go on; /ready and the metrics say so.
+                # Full: reads and searches go on; /ready and the metrics say so.
+                count = client.get(f"/collections/{COLLECTION}").json()["count"]
+                assert count == len(acked), "a refused write became visible"
                 some_id, some_vector = next(iter(acked.items()))
                 got = client.get(f"/collections/{COLLECTION}/items/{some_id}")
                 assert got.status_code == 200
@@ -174,12 +185,8 @@ def test_a_disk_that_fills_up_refuses_writes_with_507_and_recovers(
                 assert hit["id"] == item_id and hit["score"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_by_default_ready_stays_200_while_writes_fail(
-    models_dir: Path, tmp_path: Path
-) -> None:
-    with mounted_tmpfs(tmp_path / "disk", "2m") as disk:
-        data_dir = disk / "data"
-        data_dir.mkdir()
+def test_by_default_ready_stays_200_while_writes_fail(models_dir: Path, tmp_path: Path) -> None:
+    with data_on_small_disk(tmp_path, "2m") as (disk, data_dir):
         with started(_settings(models_dir, data_dir)) as client:
             dim = client.put("/collections/small", json={"model": "audio"}).json()["dim"]
             ballast = fill(disk)
