@@ -77,7 +77,7 @@ def _check_snapshot(folder: Path, store: ItemStore, report: CheckReport) -> str:
 
 def _check_collection(folder: Path, report: CheckReport) -> None:
     try:
-        store = ItemStore.open(folder / STORE_FILE)
+        store = ItemStore.open(folder / STORE_FILE, check=False)  # integrity_check below
     except (StoreDamaged, sqlite3.Error, OSError) as exc:
         report.problems.append(f"{folder.name}: {exc}")
         return
