@@ -1,6 +1,6 @@
 """Whether the data folder takes durable writes now, and what a failed write means.
 
-Every store write that the disk refuses comes through `StorageHealth.failed`:
+Every store write that the disk refuses comes through `StorageHealth.error_for`:
 a full disk or quota (SQLITE_FULL, ENOSPC, EDQUOT) and a read-only file system
 become `InsufficientStorage` (507) naming the data folder, any other I/O error
 `Unavailable` (503). Nothing of such a write is kept (SQLite rolls the whole
@@ -13,6 +13,7 @@ docs/operations.md.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -60,6 +61,23 @@ def storage_reason(exc: BaseException) -> Reason | None:
     return None
 
 
+def _write_probe(folder: Path, size: int) -> OSError | None:
+    """Write `size` bytes (fsynced) to a probe file in `folder` and remove it; the error
+    that refused it, or None."""
+    path = folder / PROBE_FILE
+    try:
+        with open(path, "wb") as fh:
+            fh.write(b"\0" * size)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return exc
+    finally:
+        with contextlib.suppress(OSError):  # a read-only folder refuses even this
+            path.unlink(missing_ok=True)
+    return None
+
+
 def data_dir_problem(data_dir: Path) -> str | None:
     """Why `data_dir` cannot hold collections (one line), or None; a missing folder is
     created when its parent exists (a first start), and a file is written and removed in
@@ -74,14 +92,20 @@ def data_dir_problem(data_dir: Path) -> str | None:
             return f"{where} does not exist and cannot be created: {exc.strerror}"
     if not data_dir.is_dir():
         return f"{where} is not a folder"
-    probe = data_dir / PROBE_FILE
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        kind = "is read-only" if exc.errno in (errno.EROFS, errno.EACCES) else "cannot be written"
-        return f"{where} {kind}: {exc.strerror}"
+    refused = _write_probe(data_dir, 0)
+    if refused is not None:
+        read_only = refused.errno in (errno.EROFS, errno.EACCES)
+        return f"{where} {'is read-only' if read_only else 'cannot be written'}: {refused.strerror}"
     return None
+
+
+# A refused write, by reason: what the folder is, and what to do. Full and read-only are
+# 507 (it cannot be stored); any other I/O error 503 (it may pass).
+_REFUSALS: dict[Reason, tuple[str, str]] = {
+    "full": ("is full", "free space there and send it again (no restart is needed)"),
+    "read_only": ("is read-only", "make it writable and send it again"),
+    "io": ("failed to write", "check the disk and send it again"),
+}
 
 
 class StorageHealth:
@@ -109,24 +133,15 @@ class StorageHealth:
         reason = storage_reason(exc)
         if reason is None:
             return None
-        if reason == "full":
-            detail = (
-                f"the data folder {self.folder} (CPC_DATA_DIR) is full: nothing of this "
-                "write was kept; free space there and send it again (no restart is needed)"
-            )
-            error: CPCError = InsufficientStorage(detail)
-        elif reason == "read_only":
-            detail = (
-                f"the data folder {self.folder} (CPC_DATA_DIR) is read-only: nothing of this "
-                "write was kept; make it writable and send it again"
-            )
-            error = InsufficientStorage(detail)
-        else:
-            detail = (
-                f"the data folder {self.folder} (CPC_DATA_DIR) failed to write ({exc}): "
-                "nothing of this write was kept; check the disk and send it again"
-            )
-            error = Unavailable(detail, retry_after_s=5)
+        state, advice = _REFUSALS[reason]
+        cause = f" ({exc})" if reason == "io" else ""
+        detail = (
+            f"the data folder {self.folder} (CPC_DATA_DIR) {state}{cause}: nothing of this "
+            f"write was kept; {advice}"
+        )
+        error: CPCError = (
+            Unavailable(detail, retry_after_s=5) if reason == "io" else InsufficientStorage(detail)
+        )
         self._record(operation, reason, detail)
         return error
 
@@ -161,26 +176,19 @@ class StorageHealth:
         remove) `probe_bytes` in it, and mark it writable if that works."""
         if self._problem is None:
             return True
-        path = self.folder / PROBE_FILE
-        try:
-            with open(path, "wb") as fh:
-                fh.write(b"\0" * self.probe_bytes)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError:
+        if _write_probe(self.folder, self.probe_bytes) is not None:
             return False
-        finally:
-            path.unlink(missing_ok=True)
         self.succeeded()
         return True
 
     def describe(self) -> dict[str, Any]:
         """The `storage` field of /ready."""
-        since = self._since
+        with self._lock:  # detail and since of the same refusal
+            problem, since = self._problem, self._since
         return {
             "backend": "embedded",
-            "writable": self._problem is None,
-            "detail": self._problem,
+            "writable": problem is None,
+            "detail": problem,
             "since": None
             if since is None
             else datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
