@@ -12,7 +12,6 @@ docs/operations.md.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import sys
 from dataclasses import dataclass, field
@@ -21,14 +20,11 @@ from typing import TextIO
 
 import numpy as np
 
-from service.vectors.collection import INDEX_FILE, STORE_FILE
+from service.vectors.collection import INDEX_FILE, STALE_SNAPSHOTS, STORE_FILE
 from service.vectors.index import SnapshotError, load_index
+from service.vectors.manager import LEFTOVER_PREFIXES
 from service.vectors.store import ItemStore, StoreDamaged, shown_problems
 from service.vectors.validation import NAME_RE
-
-logger = logging.getLogger(__name__)
-
-LEFTOVER_PREFIXES = (".new-", ".deleted-")  # interrupted creates and deletes
 
 
 @dataclass
@@ -55,7 +51,7 @@ class CheckReport:
 def _check_snapshot(folder: Path, store: ItemStore, report: CheckReport) -> str:
     """The snapshot's state in a few words; a damaged one is a problem."""
     path = folder / INDEX_FILE
-    for stale in sorted(folder.glob(f".{INDEX_FILE}.*.tmp")):
+    for stale in sorted(folder.glob(STALE_SNAPSHOTS)):
         report.notes.append(f"{stale}: a snapshot cut short (removed at the next start)")
     if not path.exists():
         return "no snapshot (built from the store at start)"
@@ -64,8 +60,8 @@ def _check_snapshot(folder: Path, store: ItemStore, report: CheckReport) -> str:
     except SnapshotError as exc:
         report.problems.append(f"{folder.name}: {exc} (rebuilt from the store at the next start)")
         return "snapshot damaged"
-    missing = np.setdiff1d(store.all_seqs(), index.seqs())
-    extra = np.setdiff1d(index.seqs(), store.all_seqs())
+    stored, indexed = store.all_seqs(), index.seqs()
+    missing, extra = np.setdiff1d(stored, indexed), np.setdiff1d(indexed, stored)
     if len(missing) or len(extra):
         report.notes.append(
             f"{folder.name}: snapshot of version {version} lacks {len(missing)} and has "
@@ -82,7 +78,7 @@ def _check_collection(folder: Path, report: CheckReport) -> None:
         report.problems.append(f"{folder.name}: {exc}")
         return
     try:
-        problems = store.integrity_problems()
+        problems = store.full_check()
         if problems:
             shown = shown_problems(problems, most=5)
             report.problems.append(f"{folder.name}: fails SQLite's integrity_check: {shown}")

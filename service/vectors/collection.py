@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 STORE_FILE = "items.sqlite3"
 INDEX_FILE = "index.faiss"
+STALE_SNAPSHOTS = f".{INDEX_FILE}.*.tmp"  # snapshots cut short by a crash
 
 # --- locking ---------------------------------------------------------------------------------
 
@@ -179,7 +180,7 @@ class Collection:
     ) -> Collection:
         """Open the collection in `folder`; `index_params` maps an index kind to its options.
         StoreDamaged if its store is not sound (`check`: SQLite's quick_check first)."""
-        for stale in folder.glob(f".{INDEX_FILE}.*.tmp"):  # a snapshot cut short by a crash
+        for stale in folder.glob(STALE_SNAPSHOTS):
             stale.unlink(missing_ok=True)
         store = ItemStore.open(folder / STORE_FILE, health, check=check)
         try:

@@ -25,12 +25,13 @@ from service.durable import fsync_dir
 from service.errors import Conflict, NotFound, OutOfService
 from service.inference.pooling import VectorPooling, pooled_dim
 from service.vectors.collection import STORE_FILE, Collection
-from service.vectors.index import SnapshotError
 from service.vectors.storage import StorageHealth
 from service.vectors.store import CollectionInfo, ItemStore, StoreDamaged
 from service.vectors.validation import NAME_RE, check_new_collection
 
 logger = logging.getLogger(__name__)
+
+LEFTOVER_PREFIXES = (".new-", ".deleted-")  # folders of interrupted creates and deletes
 
 
 class CollectionManager:
@@ -70,7 +71,7 @@ class CollectionManager:
         """Open one collection; one whose files are damaged is marked out of service."""
         try:
             coll = self._open(folder)
-        except (StoreDamaged, SnapshotError, sqlite3.DatabaseError, OSError) as exc:
+        except (StoreDamaged, sqlite3.DatabaseError, OSError) as exc:
             self._damaged[folder.name] = str(exc)
             logger.error(
                 "collection '%s' is out of service: %s (docs/operations.md: damaged files)",
@@ -86,7 +87,7 @@ class CollectionManager:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock:
             for folder in sorted(self.root.iterdir()):
-                if folder.is_dir() and folder.name.startswith((".new-", ".deleted-")):
+                if folder.is_dir() and folder.name.startswith(LEFTOVER_PREFIXES):
                     logger.info("removing leftover %s", folder)
                     shutil.rmtree(folder, ignore_errors=True)
                 elif folder.name in self._collections:

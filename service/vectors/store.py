@@ -263,7 +263,7 @@ class ItemStore:
             raise
         return store
 
-    def integrity_problems(self) -> list[str]:
+    def full_check(self) -> list[str]:
         """What SQLite's full `integrity_check` finds wrong (slow: for `cpc-embed check`)."""
         with self._lock:
             return integrity_problems(self._db(), "integrity_check")
