@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import NotFound
+from service.offline.vector_files import FORMAT
 from service.vectors.collection import STORE_FILE, Collection
 from service.vectors.manager import CollectionManager
 from tests.service.conftest import unit
@@ -63,9 +64,9 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CPC_")}
 
 
-def run_and_kill(command: list[str], rng: random.Random, started: str = "ready") -> Run:
-    """Start `command`, read its JSON lines, SIGKILL it a random moment after the line
-    holding `started`, and return what it printed."""
+def run_and_kill(command: list[str], rng: random.Random) -> Run:
+    """Start `command`, read its JSON lines, SIGKILL it a random moment after its `ready`
+    line, and return what it printed."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_env())
     assert proc.stdout is not None
     run, under_way = Run(), threading.Event()
@@ -75,7 +76,7 @@ def run_and_kill(command: list[str], rng: random.Random, started: str = "ready")
         for text in proc.stdout:
             line = json.loads(text)
             run.lines.append(line)
-            if started in line:
+            if "ready" in line:
                 under_way.set()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -231,7 +232,7 @@ def _vectors_file(path: Path, models_dir: Path) -> tuple[list[str], np.ndarray]:
     ids = [f"bulk/{i:06d}" for i in range(INDEX_ITEMS)]
     dim = int(bundle["dims"]["context"])
     vectors = np.random.default_rng(0).normal(size=(INDEX_ITEMS, dim)).astype(np.float32)
-    meta = {"format": "cpc-embed-vectors-1", "model": "audio", "pooling": "mean"}
+    meta = {"format": FORMAT, "model": "audio", "pooling": "mean"}
     empty = np.zeros(0, dtype="<U1")
     np.savez(
         path,
