@@ -112,9 +112,7 @@ def open_collection(
     not exist."""
     folder = manager.root / name
     if (folder / STORE_FILE).is_file():
-        return Collection.open(
-            folder, manager.index_params, max_metadata_bytes=manager.max_metadata_bytes
-        )
+        return manager.open_folder(folder)
     return manager.create(name, spec.name, pooled_dim(spec.dims.context, pooling), index, pooling)
 
 
@@ -123,7 +121,7 @@ def existing_model(manager: CollectionManager, name: str) -> str | None:
     path = manager.root / name / STORE_FILE
     if not path.is_file():
         return None
-    store = ItemStore.open(path)
+    store = ItemStore.open(path, check=False)  # the collection's own open checks it
     try:
         return store.info.model
     finally:
@@ -267,7 +265,9 @@ class _Job:
 
     def _choose(self, files: Sequence[Path]) -> tuple[CollectionManager, Path, BundleSpec]:
         manager = CollectionManager(
-            self.settings.data_dir, max_metadata_bytes=self.settings.max_metadata_bytes
+            self.settings.data_dir,
+            max_metadata_bytes=self.settings.max_metadata_bytes,
+            check_stores=self.settings.check_stores,
         )
         stored_model = existing_model(manager, self.collection)
         if stored_model is not None and self.model is not None and self.model != stored_model:

@@ -57,7 +57,9 @@ class CollectionManager:
         self._collections: dict[str, Collection] = {}
         self._damaged: dict[str, str] = {}  # name -> why it is out of service
 
-    def _open(self, folder: Path) -> Collection:
+    def open_folder(self, folder: Path) -> Collection:
+        """The collection in `folder`, opened with this manager's storage state and checks
+        (not registered: `open_all` and `create` do that)."""
         return Collection.open(
             folder,
             self.index_params,
@@ -70,7 +72,7 @@ class CollectionManager:
     def _open_or_mark(self, folder: Path) -> None:
         """Open one collection; one whose files are damaged is marked out of service."""
         try:
-            coll = self._open(folder)
+            coll = self.open_folder(folder)
         except (StoreDamaged, sqlite3.DatabaseError, OSError) as exc:
             self._damaged[folder.name] = str(exc)
             logger.error(
@@ -130,7 +132,7 @@ class CollectionManager:
                     raise error from exc
                 raise
             self.storage.succeeded()
-            coll = self._open(final)
+            coll = self.open_folder(final)
             self._collections[name] = coll
             logger.info(
                 "created collection '%s' (model %s, %s pooling, dim %d, %s)",

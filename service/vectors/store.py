@@ -210,9 +210,7 @@ class ItemStore:
         return conn
 
     @classmethod
-    def create(
-        cls, path: Path, info: CollectionInfo, health: StorageHealth | None = None
-    ) -> ItemStore:
+    def create(cls, path: Path, info: CollectionInfo) -> ItemStore:
         """Create a new store file at `path` (which must not exist) describing `info`."""
         if path.exists():
             raise FileExistsError(path)
@@ -234,7 +232,7 @@ class ItemStore:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.items())
         conn.execute("COMMIT")
-        return cls(path, conn, health)
+        return cls(path, conn)
 
     @classmethod
     def open(
